@@ -1,0 +1,285 @@
+"""Architecture specs: the single meeting point between search spaces, builders, cost models,
+promotion and training.
+
+An :class:`ArchSpec` describes a UNet completely and round-trips exactly through YAML and JSON
+(``to_dict`` / ``from_dict``). Every option of a stage is stored per stage; YAML files may give a
+scalar (applies to every stage) or a list (one value per stage) — :func:`expand_stage_fields`
+does that expansion, so presets stay short.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from snapgen.errors import UserError
+
+CONV_TYPES = ("regular", "separable", "expanded_separable")
+NORM_TYPES = ("groupnorm", "layernorm", "rmsnorm", "none")
+ATTENTION_TYPES = ("mhsa", "mqa", "gqa")
+QK_NORMS = ("none", "layernorm", "rmsnorm")
+POS_EMBEDS = ("none", "rope2d")
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One resolution level of the UNet (the down stage and its mirrored up stage).
+
+    Each of the ``layers`` down layers (``layers + 1`` up layers, as in SDXL) is
+    ``[residual block] + [transformer with transformer_depth blocks]``.
+    """
+
+    channels: int
+    layers: int = 2
+    res_block: bool = True
+    transformer_depth: int = 0
+    self_attention: bool = True
+    cross_attention: bool = True
+    conv: str = "regular"
+    conv_expansion: float = 2.0
+    norm: str = "groupnorm"
+    conv_shortcut: bool = True
+    ffn_ratio: float = 4.0
+    ffn_gated: bool = True
+    attention: str = "mhsa"
+    kv_heads: int = 0  # only for gqa; mhsa uses all heads, mqa one
+    qk_norm: str = "none"
+    pos_embed: str = "none"
+
+    @property
+    def has_attention(self) -> bool:
+        return self.transformer_depth > 0 and (self.self_attention or self.cross_attention)
+
+
+STAGE_FIELDS = tuple(f.name for f in fields(StageSpec))
+_STAGE_CHOICES = {
+    "conv": CONV_TYPES,
+    "norm": NORM_TYPES,
+    "attention": ATTENTION_TYPES,
+    "qk_norm": QK_NORMS,
+    "pos_embed": POS_EMBEDS,
+}
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    """A complete UNet architecture."""
+
+    stages: tuple[StageSpec, ...]
+    name: str = "custom"
+    latent_channels: int = 4
+    context_dim: int = 2048
+    pooled_dim: int = 0  # 0: no pooled embedding added to the time embedding
+    head_dim: int = 64
+    norm_groups: int = 32
+    mid_block: bool = True
+    sampling_conv: str = "regular"  # conv type of down/up-sampling layers
+    io_conv: str = "regular"  # conv type of conv_in / conv_out
+    time_embed_mult: int = 4
+
+    # ---- derived -------------------------------------------------------------------------
+    @property
+    def num_stages(self) -> int:
+        return len(self.stages)
+
+    @property
+    def time_embed_dim(self) -> int:
+        return self.time_embed_mult * self.stages[0].channels
+
+    def heads(self, channels: int) -> int:
+        return channels // self.head_dim
+
+    # ---- validation ------------------------------------------------------------------------
+    def validate(self, file: str | None = None) -> "ArchSpec":
+        """Check that the spec can be built; raise a one-line UserError naming the key."""
+
+        def err(key: str, msg: str) -> UserError:
+            return UserError(msg, file=file, key=key)
+
+        if not self.stages:
+            raise err("stages", "at least one stage is required")
+        for name in ("latent_channels", "head_dim", "norm_groups", "time_embed_mult"):
+            if getattr(self, name) <= 0:
+                raise err(name, f"must be a positive integer, got {getattr(self, name)}")
+        for name in ("context_dim", "pooled_dim"):
+            if getattr(self, name) < 0:
+                raise err(name, f"must be >= 0, got {getattr(self, name)}")
+        for name in ("sampling_conv", "io_conv"):
+            if getattr(self, name) not in CONV_TYPES:
+                raise err(name, f"unknown conv type {getattr(self, name)!r}; allowed: {', '.join(CONV_TYPES)}")
+        for i, s in enumerate(self.stages):
+            k = f"stages[{i}]"
+            for fname, allowed in _STAGE_CHOICES.items():
+                if getattr(s, fname) not in allowed:
+                    raise err(f"{k}.{fname}", f"unknown value {getattr(s, fname)!r}; allowed: {', '.join(allowed)}")
+            if s.channels <= 0:
+                raise err(f"{k}.channels", f"must be a positive integer, got {s.channels}")
+            if s.layers < 1:
+                raise err(f"{k}.layers", f"must be >= 1, got {s.layers}")
+            if s.transformer_depth < 0:
+                raise err(f"{k}.transformer_depth", f"must be >= 0, got {s.transformer_depth}")
+            if not s.res_block and s.transformer_depth == 0:
+                raise err(f"{k}.res_block", "a stage without residual blocks needs transformer_depth >= 1")
+            if s.ffn_ratio <= 0 or s.conv_expansion <= 0:
+                raise err(f"{k}.ffn_ratio", "ffn_ratio and conv_expansion must be > 0")
+            if s.norm == "groupnorm" and s.channels % self.norm_groups:
+                raise err(f"{k}.channels", f"{s.channels} is not divisible by norm_groups={self.norm_groups}")
+            if s.has_attention:
+                if s.channels % self.head_dim:
+                    raise err(
+                        f"{k}.channels",
+                        f"{s.channels} channels are not divisible by head_dim={self.head_dim} (heads must divide channels)",
+                    )
+                heads = s.channels // self.head_dim
+                if s.attention == "gqa" and (s.kv_heads < 1 or heads % s.kv_heads):
+                    raise err(f"{k}.kv_heads", f"gqa needs kv_heads >= 1 dividing heads={heads}, got {s.kv_heads}")
+                if s.pos_embed == "rope2d" and self.head_dim % 4:
+                    raise err("head_dim", "rope2d needs head_dim divisible by 4")
+                if s.cross_attention and self.context_dim == 0:
+                    raise err(f"{k}.cross_attention", "cross-attention needs context_dim > 0")
+        return self
+
+    # ---- transformations ------------------------------------------------------------------
+    def scaled(self, width_mult: float = 1.0, depth_mult: float = 1.0, *, name: str | None = None) -> "ArchSpec":
+        """A proxy-sized copy: channels scaled (kept a multiple of head_dim and norm groups),
+        transformer depth and layers scaled (never below 1 where they were >= 1)."""
+        from math import lcm
+
+        q = lcm(self.head_dim, self.norm_groups)
+        stages = []
+        for s in self.stages:
+            ch = max(q, int(round(s.channels * width_mult / q)) * q)
+            depth = s.transformer_depth and max(1, int(round(s.transformer_depth * depth_mult)))
+            layers = max(1, int(round(s.layers * depth_mult)))
+            stages.append(replace(s, channels=ch, transformer_depth=depth, layers=layers))
+        return replace(self, stages=tuple(stages), name=name or self.name)
+
+    def with_head_dim(self, head_dim: int) -> "ArchSpec":
+        return replace(self, head_dim=head_dim)
+
+    # ---- serialisation ---------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["stages"] = [dataclasses.asdict(s) for s in self.stages]
+        return d
+
+    def to_json(self, **kw) -> str:
+        return json.dumps(self.to_dict(), **kw)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, file: str | None = None, validate: bool = True) -> "ArchSpec":
+        if not isinstance(data, Mapping):
+            raise UserError("an architecture spec must be a mapping", file=file)
+        data = dict(data)
+        top = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(top) - set(STAGE_FIELDS))
+        if unknown:
+            raise UserError(f"unknown key {unknown[0]!r}; allowed: {', '.join(sorted(set(top) | set(STAGE_FIELDS)))}",
+                            file=file, key=unknown[0])
+        stages = expand_stage_fields(data, file=file)
+        kwargs = {}
+        for k, v in data.items():
+            if k in top and k != "stages":
+                kwargs[k] = _coerce(v, top[k].type, file=file, key=k)
+        spec = cls(stages=stages, **kwargs)
+        return spec.validate(file) if validate else spec
+
+    @classmethod
+    def from_json(cls, text: str, **kw) -> "ArchSpec":
+        return cls.from_dict(json.loads(text), **kw)
+
+    @classmethod
+    def from_yaml(cls, text: str, **kw) -> "ArchSpec":
+        return cls.from_dict(yaml.safe_load(text), **kw)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "ArchSpec":
+        """Load a spec file (YAML or JSON). A file holding ``{arch: {...}}`` (a training config
+        or a trial record) is accepted too."""
+        data = load_yaml(path)
+        if isinstance(data, Mapping) and "arch" in data and "stages" not in data:
+            data = data["arch"]
+        return cls.from_dict(data, file=str(path))
+
+
+def expand_stage_fields(data: dict[str, Any], *, file: str | None = None) -> tuple[StageSpec, ...]:
+    """Build stages from a mapping where stage fields may be scalars (all stages) or lists
+    (one per stage). ``stages`` may also be given explicitly as a list of mappings.
+    Consumes the stage keys from ``data``."""
+    explicit = data.pop("stages", None)
+    shared = {k: data.pop(k) for k in list(data) if k in STAGE_FIELDS}
+    if explicit is None:
+        if "channels" not in shared:
+            raise UserError("missing key 'channels' (or 'stages'): the stage widths are required", file=file, key="channels")
+        n = len(shared["channels"]) if isinstance(shared["channels"], (list, tuple)) else 1
+        explicit = [{} for _ in range(n)]
+    if not isinstance(explicit, (list, tuple)) or not explicit:
+        raise UserError("must be a non-empty list of stage mappings", file=file, key="stages")
+    n = len(explicit)
+    types = {f.name: f.type for f in fields(StageSpec)}
+    stages = []
+    for i, st in enumerate(explicit):
+        if not isinstance(st, Mapping):
+            raise UserError("each stage must be a mapping", file=file, key=f"stages[{i}]")
+        bad = sorted(set(st) - set(STAGE_FIELDS))
+        if bad:
+            raise UserError(f"unknown stage key {bad[0]!r}; allowed: {', '.join(STAGE_FIELDS)}", file=file,
+                            key=f"stages[{i}].{bad[0]}")
+        kw = {}
+        for k, v in shared.items():
+            if isinstance(v, (list, tuple)):
+                if len(v) != n:
+                    raise UserError(f"has {len(v)} values for {n} stages", file=file, key=k)
+                v = v[i]
+            kw[k] = v
+        kw.update(st)
+        if "channels" not in kw:
+            raise UserError("missing key 'channels'", file=file, key=f"stages[{i}].channels")
+        kw = {k: _coerce(v, types[k], file=file, key=f"stages[{i}].{k}") for k, v in kw.items()}
+        stages.append(StageSpec(**kw))
+    return tuple(stages)
+
+
+def _coerce(value: Any, typ: Any, *, file: str | None, key: str) -> Any:
+    """Exact type checks with the one lenient case YAML needs (int where a float is expected)."""
+    t = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
+    if t == "bool":
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"must be true or false, got {value!r}", file=file, key=key)
+    if t == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise UserError(f"must be an integer, got {value!r}", file=file, key=key)
+        return value
+    if t == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"must be a number, got {value!r}", file=file, key=key)
+        return float(value)
+    if t == "str":
+        if not isinstance(value, str):
+            raise UserError(f"must be a string, got {value!r}", file=file, key=key)
+        return value
+    return value
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Safe YAML load with one-line errors for a missing file or a syntax error."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError("file not found", file=str(path))
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"YAML syntax error: {where}{problem}", file=str(path)) from None
