@@ -144,19 +144,24 @@ class ArchSpec:
         return self
 
     # ---- transformations ------------------------------------------------------------------
-    def scaled(self, width_mult: float = 1.0, depth_mult: float = 1.0, *, name: str | None = None) -> "ArchSpec":
+    def scaled(self, width_mult: float = 1.0, depth_mult: float = 1.0, *, head_dim: int | None = None,
+               norm_groups: int | None = None, name: str | None = None) -> "ArchSpec":
         """A proxy-sized copy: channels scaled (kept a multiple of head_dim and norm groups),
-        transformer depth and layers scaled (never below 1 where they were >= 1)."""
+        transformer depth and layers scaled (never below 1 where they were >= 1).
+        ``head_dim`` / ``norm_groups`` may be overridden so that narrow proxies keep several heads."""
         from math import lcm
 
-        q = lcm(self.head_dim, self.norm_groups)
+        head_dim = head_dim or self.head_dim
+        norm_groups = norm_groups or self.norm_groups
+        q = lcm(head_dim, norm_groups)
         stages = []
         for s in self.stages:
             ch = max(q, int(round(s.channels * width_mult / q)) * q)
             depth = s.transformer_depth and max(1, int(round(s.transformer_depth * depth_mult)))
             layers = max(1, int(round(s.layers * depth_mult)))
             stages.append(replace(s, channels=ch, transformer_depth=depth, layers=layers))
-        return replace(self, stages=tuple(stages), name=name or self.name)
+        return replace(self, stages=tuple(stages), head_dim=head_dim, norm_groups=norm_groups,
+                       name=name or self.name).validate()
 
     def with_head_dim(self, head_dim: int) -> "ArchSpec":
         return replace(self, head_dim=head_dim)

@@ -1,0 +1,18 @@
+"""``snapgen``: train, sample, evaluate and export SnapGen models."""
+from __future__ import annotations
+
+import sys
+
+from snapgen.clikit import run_cli
+
+COMMANDS = {
+    "proxy": "train an architecture small and short on the proxy task and print its quality metric",
+}
+
+
+def main(argv=None) -> int:
+    return run_cli("snapgen", "snapgen", COMMANDS, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""A tiny subcommand dispatcher shared by the ``snapgen`` and ``archsearch`` CLIs.
+
+Each subcommand lives in its own module (``<package>.commands.<name>``) exposing
+``add_arguments(parser)`` and ``run(args) -> int | None``; modules are imported lazily so that
+``--help`` and light commands do not import heavy dependencies.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from snapgen.errors import UserError, user_errors
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse's own convention)
+        self.print_usage(sys.stderr)
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def run_cli(prog: str, package: str, commands: dict[str, str], argv=None) -> int:
+    parser = _Parser(prog=prog)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # Only import the module of the requested command (and all of them for --help).
+    wanted = [a for a in argv if not a.startswith("-")][:1]
+    for name, help_text in commands.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if not wanted or wanted[0] == name:
+            mod = importlib.import_module(f"{package}.commands.{name.replace('-', '_')}")
+            mod.add_arguments(p)
+            p.set_defaults(_run=mod.run)
+    args = parser.parse_args(argv)
+    with user_errors():
+        rc = args._run(args)
+    return int(rc or 0)
+
+
+__all__ = ["run_cli", "UserError"]
