@@ -12,10 +12,15 @@ from dataclasses import asdict, dataclass, field
 from math import prod
 from typing import Any, Callable
 
+import warnings
+
 import torch
 import torch.nn as nn
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
+
+with warnings.catch_warnings():  # fvcore's import calls the deprecated torch.jit.script
+    warnings.simplefilter("ignore", FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import get_shape
 
 ATTENTION_OPS = ("aten::scaled_dot_product_attention", "aten::baddbmm")
 
@@ -120,3 +125,43 @@ def unet_cost(spec, latent_size: int = 128, context_len: int = 77) -> CostReport
                  for k in sorted(set(flops_by_stage) | set(params_by_stage))}
     return CostReport(name=spec.name, params=num_params(model), gflops=rep.total / 1e9,
                       gflops_attention=rep.attention / 1e9, latent_size=latent_size, per_stage=per_stage)
+
+
+def decoder_cost(spec, latent_size: int = 128) -> CostReport:
+    """Cost of decoding one ``latent_size`` x ``latent_size`` latent (batch 1)."""
+    from snapgen.decoder import build_decoder
+
+    model = build_decoder(spec)
+    rep = count_flops(model, (torch.zeros(1, spec.latent_channels, latent_size, latent_size),))
+
+    def stage_of(name: str) -> str:
+        parts = name.split(".")
+        if parts[0] == "stages":
+            return f"stage{parts[1]}"
+        if parts[0] == "decoder" and len(parts) > 1 and parts[1] in ("up_blocks", "mid_block"):
+            return f"{parts[1]}.{parts[2]}" if parts[1] == "up_blocks" else "mid_block"
+        return "io"
+
+    def is_top(name: str) -> bool:
+        parts = name.split(".")
+        if parts[0] == "stages":
+            return len(parts) == 2
+        if parts[0] == "decoder":
+            return (len(parts) == 3 and parts[1] == "up_blocks") or (len(parts) == 2 and parts[1] != "up_blocks")
+        return len(parts) == 1 and parts[0] not in ("", "decoder", "stages")
+
+    flops_by_stage = _group({n: v for n, v in rep.by_module.items() if n and is_top(n)}, stage_of)
+    params_by_stage = _group({n: p.numel() for n, p in model.named_parameters()}, stage_of)
+    per_stage = {k: {"params": params_by_stage.get(k, 0), "gflops": flops_by_stage.get(k, 0) / 1e9}
+                 for k in sorted(set(flops_by_stage) | set(params_by_stage))}
+    return CostReport(name=spec.name, params=num_params(model), gflops=rep.total / 1e9,
+                      gflops_attention=rep.attention / 1e9, latent_size=latent_size, per_stage=per_stage,
+                      kind="decoder")
+
+
+def cost_of(spec, latent_size: int = 128, context_len: int = 77) -> CostReport:
+    from snapgen.spec import ArchSpec
+
+    if isinstance(spec, ArchSpec):
+        return unet_cost(spec, latent_size, context_len)
+    return decoder_cost(spec, latent_size)

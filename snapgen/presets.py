@@ -38,9 +38,9 @@ def resolve_preset_dict(presets: Mapping[str, Any], name: str, *, file: str | No
         if not isinstance(entry, Mapping):
             raise UserError("a preset must be a mapping with keys arch, extends, description", file=file,
                             key=f"presets.{cur}")
-        bad = sorted(set(entry) - {"arch", "extends", "description"})
+        bad = sorted(set(entry) - {"arch", "extends", "description", "autoencoder_kl"})
         if bad:
-            raise UserError(f"unknown key {bad[0]!r}; allowed: arch, extends, description", file=file,
+            raise UserError(f"unknown key {bad[0]!r}; allowed: arch, extends, description, autoencoder_kl", file=file,
                             key=f"presets.{cur}.{bad[0]}")
         cur = entry.get("extends")
     merged: dict[str, Any] = {}
@@ -68,3 +68,24 @@ def load_preset(space_file: str | Path | None, name: str) -> ArchSpec:
 def preset_names(space_file: str | Path | None = None) -> list[str]:
     path = Path(space_file) if space_file else DEFAULT_UNET_SPACE
     return list((load_space_file(path).get("presets") or {}))
+
+
+def load_decoder_preset(space_file: str | Path | None, name: str):
+    """A DecoderSpec (tiny decoder) or AutoencoderKLSpec (sd3, sdxl) from the decoder space."""
+    from snapgen.decoder import AutoencoderKLSpec, DecoderSpec
+
+    path = Path(space_file) if space_file else DEFAULT_DECODER_SPACE
+    data = load_space_file(path)
+    presets = data.get("presets") or {}
+    arch = resolve_preset_dict(presets, name, file=str(path))
+    entry = presets[name]
+    if "autoencoder_kl" in entry:
+        cfg = entry["autoencoder_kl"]
+        if not isinstance(cfg, Mapping):
+            raise UserError("must be a mapping of AutoencoderKL config keys", file=str(path),
+                            key=f"presets.{name}.autoencoder_kl")
+        return AutoencoderKLSpec(config=dict(cfg), name=name)
+    try:
+        return DecoderSpec.from_dict(arch, file=str(path))
+    except UserError as e:
+        raise UserError(e.message, file=str(path), key=f"presets.{name}.{e.key}" if e.key else f"presets.{name}") from None

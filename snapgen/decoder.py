@@ -1,0 +1,175 @@
+"""Decoders: the paper's tiny decoder (§3.2) from a :class:`DecoderSpec`, and the SD3 / SDXL
+baseline decoders through diffusers ``AutoencoderKL`` configs.
+
+Tiny decoder design (paper §3.2): no attention, GroupNorm only where the spec keeps it, separable
+convs, fewer residual blocks at high resolution, no conv shortcut — the upsampling layer carries
+each channel transition.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+
+from snapgen.blocks import CONV, NORM, ResBlock, Upsample
+from snapgen.errors import UserError
+from snapgen.spec import CONV_TYPES, NORM_TYPES, _coerce
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """Tiny decoder; stages run from the latent resolution up, one 2x upsample between stages."""
+
+    channels: tuple[int, ...]
+    blocks: tuple[int, ...]
+    norm: tuple[str, ...]  # per stage: groupnorm | layernorm | rmsnorm | none
+    name: str = "custom"
+    latent_channels: int = 16
+    out_channels: int = 3
+    conv: str = "separable"
+    conv_expansion: float = 2.0
+    norm_groups: int = 8
+    conv_shortcut: bool = False
+    norm_out: str = "groupnorm"
+
+    @property
+    def upscale(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+    def validate(self, file: str | None = None) -> "DecoderSpec":
+        n = len(self.channels)
+        if n == 0:
+            raise UserError("at least one stage is required", file=file, key="channels")
+        for key in ("blocks", "norm"):
+            if len(getattr(self, key)) != n:
+                raise UserError(f"has {len(getattr(self, key))} values for {n} stages", file=file, key=key)
+        for i, (c, b, nm) in enumerate(zip(self.channels, self.blocks, self.norm)):
+            if c <= 0:
+                raise UserError(f"must be positive, got {c}", file=file, key=f"channels[{i}]")
+            if b < 0:
+                raise UserError(f"must be >= 0, got {b}", file=file, key=f"blocks[{i}]")
+            if nm not in NORM_TYPES:
+                raise UserError(f"unknown norm {nm!r}; allowed: {', '.join(NORM_TYPES)}", file=file, key=f"norm[{i}]")
+            if nm == "groupnorm" and c % self.norm_groups:
+                raise UserError(f"{c} is not divisible by norm_groups={self.norm_groups}", file=file, key=f"channels[{i}]")
+        if self.conv not in CONV_TYPES:
+            raise UserError(f"unknown conv type {self.conv!r}; allowed: {', '.join(CONV_TYPES)}", file=file, key="conv")
+        if self.norm_out not in NORM_TYPES:
+            raise UserError(f"unknown norm {self.norm_out!r}; allowed: {', '.join(NORM_TYPES)}", file=file, key="norm_out")
+        if self.norm_out == "groupnorm" and self.channels[-1] % self.norm_groups:
+            raise UserError(f"{self.channels[-1]} is not divisible by norm_groups={self.norm_groups}", file=file,
+                            key="norm_out")
+        if self.latent_channels <= 0 or self.out_channels <= 0:
+            raise UserError("latent_channels and out_channels must be positive", file=file, key="latent_channels")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, file: str | None = None) -> "DecoderSpec":
+        if not isinstance(data, Mapping):
+            raise UserError("a decoder spec must be a mapping", file=file)
+        known = {f.name: f for f in fields(cls)}
+        bad = sorted(set(data) - set(known))
+        if bad:
+            raise UserError(f"unknown key {bad[0]!r}; allowed: {', '.join(known)}", file=file, key=bad[0])
+        for req in ("channels", "blocks", "norm"):
+            if req not in data:
+                raise UserError("missing required key", file=file, key=req)
+        d = dict(data)
+        n = len(d["channels"]) if isinstance(d["channels"], (list, tuple)) else 0
+        kw: dict[str, Any] = {}
+        for k, v in d.items():
+            if k in ("channels", "blocks", "norm"):
+                if not isinstance(v, (list, tuple)):
+                    v = [v] * max(n, 1)
+                elem = "str" if k == "norm" else "int"
+                kw[k] = tuple(_coerce(x, elem, file=file, key=f"{k}[{i}]") for i, x in enumerate(v))
+            else:
+                kw[k] = _coerce(v, known[k].type, file=file, key=k)
+        return cls(**kw).validate(file)
+
+
+class TinyDecoder(ModelMixin, ConfigMixin):
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(self, arch: dict[str, Any]):
+        super().__init__()
+        spec = DecoderSpec.from_dict(arch)
+        self.spec = spec
+        c = spec.channels
+        self.conv_in = nn.Conv2d(spec.latent_channels, c[0], 3, padding=1)
+        self.stages = nn.ModuleList()
+        for i, ch in enumerate(c):
+            stage = nn.Sequential()
+            if i > 0:  # the upsampling layer does the channel transition
+                stage.append(Upsample(c[i - 1], ch, conv=spec.conv))
+            for _ in range(spec.blocks[i]):
+                stage.append(ResBlock(ch, ch, temb_dim=0, conv=spec.conv, expansion=spec.conv_expansion,
+                                      norm=spec.norm[i], norm_groups=spec.norm_groups,
+                                      conv_shortcut=spec.conv_shortcut, eps=1e-6))
+            self.stages.append(stage)
+        self.norm_out = NORM.build(spec.norm_out, c[-1], spec.norm_groups, 1e-6)
+        self.conv_out = nn.Conv2d(c[-1], spec.out_channels, 3, padding=1)
+
+    @classmethod
+    def from_spec(cls, spec: DecoderSpec) -> "TinyDecoder":
+        return cls(arch=spec.to_dict())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.conv_in(z)
+        for stage in self.stages:
+            h = stage(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+@dataclass(frozen=True)
+class AutoencoderKLSpec:
+    """A baseline decoder given as a diffusers ``AutoencoderKL`` config (SD3, SDXL)."""
+
+    config: Mapping[str, Any]
+    name: str = "autoencoder_kl"
+
+    @property
+    def latent_channels(self) -> int:
+        return int(self.config.get("latent_channels", 4))
+
+    @property
+    def upscale(self) -> int:
+        return 2 ** (len(self.config.get("block_out_channels", (64,))) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"autoencoder_kl": dict(self.config)}
+
+
+class AutoencoderKLDecoder(nn.Module):
+    """post_quant_conv (when the config has one) + the decoder of a diffusers AutoencoderKL."""
+
+    def __init__(self, spec: AutoencoderKLSpec):
+        super().__init__()
+        from diffusers import AutoencoderKL
+
+        try:
+            ae = AutoencoderKL(**spec.config)
+        except TypeError as e:
+            raise UserError(f"invalid AutoencoderKL config: {e}", key=f"{spec.name}.autoencoder_kl") from None
+        self.post_quant_conv = ae.post_quant_conv if ae.post_quant_conv is not None else nn.Identity()
+        self.decoder = ae.decoder
+
+    def forward(self, z):
+        return self.decoder(self.post_quant_conv(z))
+
+
+def build_decoder(spec: DecoderSpec | AutoencoderKLSpec) -> nn.Module:
+    if isinstance(spec, DecoderSpec):
+        return TinyDecoder.from_spec(spec)
+    return AutoencoderKLDecoder(spec)
