@@ -33,13 +33,13 @@ class AEConfig:
     """The small proxy autoencoder and its one-off training run."""
 
     resolution: int = 32
-    block_out_channels: tuple[int, ...] = (16, 32, 32)  # 3 blocks -> f = 4
+    block_out_channels: tuple[int, ...] = (8, 16, 32)  # 3 blocks -> f = 4
     layers_per_block: int = 1
     latent_channels: int = 4
-    norm_num_groups: int = 16
+    norm_num_groups: int = 8
     mid_block_attention: bool = False
-    steps: int = 600
-    batch_size: int = 64
+    steps: int = 800
+    batch_size: int = 32
     lr: float = 2e-3
     kl_weight: float = 1e-6
     seed: int = 0
@@ -215,7 +215,14 @@ def proxy_autoencoder(cfg: AEConfig, train: LabelledImages, held_out: LabelledIm
     get_or_build(final / "report.json", build, lock=root / f"{key}.lock")
     report = json.loads((final / "report.json").read_text())
     report["cache_hit"] = not built["trained"]
-    vae = AutoencoderKL.from_pretrained(final, local_files_only=True)
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()  # silence the "accelerate not found" advice on every load
+    try:
+        vae = AutoencoderKL.from_pretrained(final, local_files_only=True)
+    finally:
+        dlogging.set_verbosity(level)
     return LatentCodec(vae, resolution=cfg.resolution, key=key, report=report)
 
 
