@@ -1,0 +1,25 @@
+"""``archsearch run STUDY [key=value ...] [--workers N]``: run or continue a multi-objective study."""
+from __future__ import annotations
+
+
+def add_arguments(p):
+    p.add_argument("study", help="study file (YAML), e.g. studies/unet.yaml")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="override any study key (dotted paths, OmegaConf grammar), e.g. n_trials=8 sampler.seed=1")
+    p.add_argument("--workers", type=int, default=1, help="local worker processes sharing the storage (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per trial instead)")
+    p.add_argument("--worker-only", action="store_true", help="run as one worker of a study (used by --workers, "
+                   "and on other hosts sharing the storage): no study files, no dashboard")
+
+
+def run(args):
+    from snapgen.errors import UserError
+
+    from archsearch.study.runner import run_study
+    from archsearch.study.schema import load_study
+
+    if args.workers < 1:
+        raise UserError(f"must be >= 1, got {args.workers}", key="--workers")
+    study = load_study(args.study, args.overrides)  # everything is validated before anything is written
+    run_study(study, workers=args.workers, progress=not args.no_progress, worker_only=args.worker_only)
+    return 0

@@ -1,0 +1,1 @@
+"""Declarative multi-objective studies: schema, runner, early stopping, Pareto, dashboard, export, ablations."""

@@ -1,0 +1,179 @@
+"""A run directory -> its Optuna study, Pareto front and hypervolume.
+
+The Pareto front is Optuna's ``study.best_trials`` (non-dominated, feasible COMPLETE trials).
+The hypervolume is Optuna's WFG implementation, on objectives scaled by the stated reference
+point: ``v / ref`` for minimised objectives and ``ref / v`` for maximised ones, so the reference
+point maps to (1, ..., 1), the ideal to the origin, and the hypervolume is the fraction of the box
+``[0, ref]`` that the front dominates (0..1, unit-free, comparable between runs of one study).
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import optuna
+import yaml
+from optuna.trial import TrialState
+
+from snapgen.errors import UserError
+
+
+@dataclass
+class Run:
+    dir: Path
+    cfg: dict  # the resolved study file
+    study: optuna.Study
+
+    @property
+    def names(self) -> list[str]:
+        return [o["name"] for o in self.cfg["objectives"]]
+
+    @property
+    def directions(self) -> list[str]:
+        return [o["direction"] for o in self.cfg["objectives"]]
+
+
+def storage_url_for(run_dir: Path, cfg: dict) -> str:
+    url = cfg.get("storage") or ""
+    # The default SQLite file lives in the run directory: follow the directory if it was moved.
+    if url.startswith("sqlite:///") and url.endswith("study.db") and (run_dir / "study.db").is_file():
+        return f"sqlite:///{run_dir / 'study.db'}"
+    return url
+
+
+def load_run(run_dir: str | Path) -> Run:
+    d = Path(run_dir)
+    f = d / "study.yaml"
+    if not f.is_file():
+        raise UserError("not a run directory (no study.yaml); give the output_dir of `archsearch run`", file=str(d))
+    cfg = yaml.safe_load(f.read_text())
+    url = storage_url_for(d, cfg)
+    from archsearch.study.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.load_study(study_name=cfg["name"], storage=open_storage(url))
+    except KeyError:
+        raise UserError(f"study {cfg['name']!r} not found in {url}", file=str(f), key="storage") from None
+    return Run(d, cfg, study)
+
+
+def fmt_metric(name: str, v) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "-"
+    if name == "params":
+        return f"{v / 1e6:.1f}M"
+    if name.endswith("_ms"):
+        return f"{v:.1f}ms"
+    return f"{v:.4g}"
+
+
+def reference_point(run: Run, trials=None) -> tuple[list[float], str]:
+    """The study's stated reference point; objectives it leaves out get 1.1 x the worst feasible
+    completed value (0.9 x for maximised ones), and the report says so."""
+    stated = run.cfg.get("reference_point") or {}
+    trials = trials if trials is not None else completed(run)
+    ref, how = [], []
+    for i, (n, d) in enumerate(zip(run.names, run.directions)):
+        if n in stated:
+            ref.append(float(stated[n]))
+            how.append("stated")
+            continue
+        vals = [t.values[i] for t in trials]
+        if not vals:
+            ref.append(float("nan"))
+        else:
+            ref.append(max(vals) * 1.1 if d == "minimize" else min(vals) * 0.9)
+        how.append("derived")
+    note = "stated in the study file" if all(h == "stated" for h in how) else \
+        "derived from the observed worst values (x1.1) for " + ", ".join(n for n, h in zip(run.names, how) if h != "stated")
+    return ref, note
+
+
+def completed(run: Run):
+    return run.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def feasible(t) -> bool:
+    return all(v <= 0 for v in t.constraints.values())
+
+
+def scaled(values: np.ndarray, ref: list[float], directions: list[str]) -> np.ndarray:
+    v = np.array(values, dtype=float).reshape(-1, len(ref))
+    out = np.empty_like(v)
+    for i, (r, d) in enumerate(zip(ref, directions)):
+        out[:, i] = v[:, i] / r if d == "minimize" else r / np.maximum(v[:, i], 1e-300)
+    return out
+
+
+def hypervolume(trials, ref: list[float], directions: list[str]) -> float:
+    """Fraction of the box [0, ref] dominated by ``trials`` (their values), see the module doc."""
+    from optuna._hypervolume import compute_hypervolume  # Optuna's WFG (no public alias in 5.0)
+
+    pts = [t.values for t in trials if t.values is not None and feasible(t)]
+    if not pts or any(not np.isfinite(r) or r <= 0 for r in ref):
+        return 0.0
+    s = scaled(np.array(pts), ref, directions)
+    s = s[np.all(s < 1.0, axis=1)]  # only points that dominate the reference point count
+    if len(s) == 0:
+        return 0.0
+    return float(compute_hypervolume(s, np.ones(len(ref))))
+
+
+def hypervolume_history(run: Run, ref: list[float]) -> list[tuple[int, float, float]]:
+    """(trial number, hypervolume of the trials finished so far, seconds since the study started)."""
+    trials = sorted([t for t in run.study.get_trials(deepcopy=False) if t.state.is_finished()],
+                    key=lambda t: t.datetime_complete or t.datetime_start)
+    if not trials:
+        return []
+    start = min(t.datetime_start for t in trials if t.datetime_start)
+    done, out = [], []
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            done.append(t)
+        out.append((t.number, hypervolume(done, ref, run.directions),
+                    (t.datetime_complete - start).total_seconds() if t.datetime_complete else 0.0))
+    return out
+
+
+def pareto_report(run: Run) -> dict:
+    trials = completed(run)
+    ref, note = reference_point(run, trials)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        best = sorted(run.study.best_trials, key=lambda t: t.values[0]) if trials else []
+    states = {s.name: 0 for s in TrialState}
+    for t in run.study.get_trials(deepcopy=False):
+        states[t.state.name] += 1
+    return {
+        "study": run.cfg["name"], "objectives": run.names, "directions": run.directions,
+        "reference_point": dict(zip(run.names, ref)), "reference_point_note": note,
+        "hypervolume": hypervolume(best, ref, run.directions),
+        "hypervolume_definition": "fraction of the box [0, ref] dominated, objectives scaled v/ref (min) or ref/v (max)",
+        "trials": {k: v for k, v in states.items() if v},
+        "pareto": [{"number": t.number, "values": dict(zip(run.names, t.values)),
+                    "metrics": t.user_attrs.get("metrics", {}), "params": t.params,
+                    "proxy_metric": t.user_attrs.get("proxy_metric"), "spec": t.user_attrs.get("spec")}
+                   for t in best],
+    }
+
+
+def print_pareto(rep: dict, file=None) -> None:
+    names = rep["objectives"]
+    w = [max(10, len(n) + 2) for n in names]
+    print(f"Pareto front of {rep['study']}: {len(rep['pareto'])} non-dominated trial(s) "
+          f"({', '.join(f'{k.lower()} {v}' for k, v in rep['trials'].items())})", file=file)
+    print("  trial  " + "".join(f"{n:>{wi}}" for n, wi in zip(names, w)), file=file)
+    for p in rep["pareto"]:
+        print(f"  {p['number']:>5}  " + "".join(f"{fmt_metric(n, p['values'][n]):>{wi}}" for n, wi in zip(names, w)),
+              file=file)
+    ref = ", ".join(f"{n}={fmt_metric(n, v)}" for n, v in rep["reference_point"].items())
+    print(f"hypervolume {rep['hypervolume']:.4f} (fraction of the box up to the reference point {ref}; "
+          f"{rep['reference_point_note']})", file=file)
+
+
+def dumps(rep: dict) -> str:
+    return json.dumps(rep, indent=2, default=str)

@@ -1,0 +1,414 @@
+"""``archsearch run``: one Optuna study, many trials, any number of workers.
+
+Each worker is an ask/tell loop over one shared Optuna storage (SQLite file, PostgreSQL/MySQL URL or
+journal file). Optuna's ``optimize`` is not used because the loop needs three things it lacks:
+an exact trial budget across workers (the count-then-ask step runs under
+:func:`~archsearch.study.storage.budget_lock`), immediate recovery of trials whose local worker
+died (:func:`~archsearch.study.storage.fail_orphans`, beside Optuna's heartbeat for other hosts),
+and early stopping of multi-objective trials (:mod:`archsearch.study.early_stopping`). The
+heartbeat, the retry of stale trials and every record are Optuna's own.
+
+A trial: sample the spec (an invalid one is PRUNED with its reason) -> cost of the full-size
+architecture at the target resolution -> latency -> proxy quality of the proxy-scaled model (with
+early stopping) -> constraints (``trial.set_constraint``) -> tell. A retried or re-run study picks
+up where it was: counted trials are COMPLETE, PRUNED and failed-with-a-reason ones; a killed
+trial is failed and re-queued with the same parameters.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from snapgen.errors import UserError
+from archsearch.space import InvalidArchitecture
+from archsearch.study import provenance
+from archsearch.study.storage import Heartbeat, budget_lock, fail_orphans, open_storage, worker_identity
+
+COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
+MAX_CONSECUTIVE_FAILURES = 3
+
+
+def is_counted(t) -> bool:
+    """Trials that use up the budget: finished ones, and failures with a reason (not stale/killed ones,
+    which are re-run)."""
+    return t.state in COUNTED or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)
+
+
+def create_or_load(study, storage, sampler=None) -> optuna.Study:
+    """The Optuna study of ``study`` in ``storage``; refuses one made with other objectives."""
+    from archsearch.study.samplers import make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = sampler or make_sampler(study.cfg.sampler, study.space)
+    names = study.objective_names
+    try:
+        existing = optuna.load_study(study_name=study.name, storage=storage, sampler=sampler)
+    except KeyError:
+        existing = None
+    if existing is not None:
+        old = existing.user_attrs.get("objectives")
+        olddirs = [d.name.lower() for d in existing.directions]
+        if (old is not None and old != names) or olddirs != study.directions:
+            raise UserError(f"study {study.name!r} in this storage has objectives {old} ({', '.join(olddirs)}), "
+                            f"not {names} ({', '.join(study.directions)}); change name or output_dir",
+                            file=str(study.file), key="objectives")
+        return existing
+    s = optuna.create_study(study_name=study.name, storage=storage, sampler=sampler, directions=study.directions,
+                            load_if_exists=True)
+    s.set_metric_names(names)  # optuna-dashboard shows these names
+    s.set_user_attr("objectives", names)
+    return s
+
+
+class TrialRunner:
+    """Evaluates one trial: everything between ``ask`` and ``tell``."""
+
+    def __init__(self, study, ostudy: optuna.Study, *, workers: int = 1, log=print):
+        from archsearch.objectives import METRICS
+        from archsearch.study.early_stopping import SuccessiveHalving
+
+        self.study, self.ostudy, self.cfg, self.log = study, ostudy, study.cfg, log
+        self.kind = study.space.kind
+        self.needed = study.needed_metrics()
+        self.quality = next((m for m in self.needed if METRICS[m].kind == "quality"), None)
+        self.out_dir = study.output_dir
+        self._latency = None
+        self.proxy_cfg = None
+        if self.quality in ("fid", "psnr"):
+            from archsearch.objectives.quality import proxy_config
+
+            threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+            defaults = {"threads": threads, "progress": sys.stderr.isatty()}
+            if self.quality == "psnr":
+                from archsearch.objectives.decoder_quality import DECODER_PROXY_DEFAULTS
+
+                defaults.update(DECODER_PROXY_DEFAULTS)
+            self.proxy_cfg = self._proxy_config(defaults)
+        es = self.cfg.early_stopping
+        self.stopper = None
+        if es.enabled and self.quality and self.quality in study.objective_names:
+            self.stopper = SuccessiveHalving(study.objective_names, study.directions, self.quality, eta=es.eta,
+                                             min_trials=es.min_trials, constraints=study.constraints)
+
+    def _proxy_config(self, defaults):
+        if self.quality == "psnr":
+            from archsearch.objectives.decoder_quality import decoder_proxy_config
+
+            return decoder_proxy_config(self.cfg.proxy, file=str(self.study.file), **defaults)
+        from archsearch.objectives.quality import proxy_config
+
+        return proxy_config(self.cfg.proxy, file=str(self.study.file), **defaults)
+
+    @property
+    def latency(self):
+        if self._latency is None:
+            from archsearch.objectives.latency import LatencyObjective
+
+            self._latency = LatencyObjective(self.cfg.latency, self.cfg.target)
+        return self._latency
+
+    # ---- metrics -----------------------------------------------------------------------------
+    def cost(self, spec) -> dict:
+        from archsearch.objectives.cost import cost_metrics
+
+        return cost_metrics(spec, self.cfg.target.latent_size, self.cfg.target.context_len)
+
+    def run_quality(self, spec, metrics, on_eval):
+        if self.quality == "fid":
+            from archsearch.objectives.quality import proxy_quality
+
+            return proxy_quality(spec, self.proxy_cfg, seed=self.cfg.seed, on_eval=on_eval)
+        if self.quality == "psnr":
+            from archsearch.objectives.decoder_quality import decoder_quality
+
+            return decoder_quality(spec, self.proxy_cfg, seed=self.cfg.seed, on_eval=on_eval)
+        from archsearch.objectives.synthetic import synthetic_quality
+
+        sy = self.cfg.synthetic
+        return synthetic_quality(spec, metrics["params"], evals=sy.evals, seconds_per_eval=sy.seconds_per_eval,
+                                 seed=self.cfg.seed, on_eval=on_eval)
+
+    # ---- one trial ---------------------------------------------------------------------------
+    def record(self, trial, state, spec=None, **extra) -> None:
+        t = self.ostudy._storage.get_trial(trial._trial_id)
+        rec = {"number": trial.number, "state": state, "params": t.params, "seed": self.cfg.seed,
+               "user_attrs": t.user_attrs, "constraints": t.constraints,
+               "proxy_config": dataclasses.asdict(self.proxy_cfg) if self.proxy_cfg else None,
+               "target": dataclasses.asdict(self.cfg.target), "study": self.study.name,
+               "code_version": provenance.code_version(), **extra}
+        if spec is not None:
+            rec["spec"] = spec.to_dict()
+        provenance.write_trial(self.out_dir, trial.number, rec, spec)
+
+    def run(self, trial: optuna.Trial) -> tuple[TrialState, list[float] | None, str]:
+        """Evaluate and tell; returns (state, values, one-line summary)."""
+        from archsearch.objectives.cost import spec_hash
+
+        timings = {}
+        t_start = time.perf_counter()
+        try:
+            spec = self.study.space.sample(trial)
+        except InvalidArchitecture as e:
+            reason = f"invalid architecture: {e.line()}"
+            trial.set_user_attr("pruned_reason", reason)
+            self.ostudy.tell(trial, state=TrialState.PRUNED)
+            self.record(trial, "PRUNED")
+            return TrialState.PRUNED, None, reason
+        sh = spec_hash(spec)
+        trial.set_user_attr("spec", spec.to_dict())
+        trial.set_user_attr("spec_hash", sh)
+        dup = next((t for t in self.ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                    if t.user_attrs.get("spec_hash") == sh), None)
+        if dup is not None:
+            # The same architecture again (samplers repeat themselves on small spaces): every metric is a
+            # deterministic function of the spec and the seed, so reuse it instead of training again.
+            for k in ("metrics", "evals", "proxy_metric"):
+                if k in dup.user_attrs:
+                    trial.set_user_attr(k, dup.user_attrs[k])
+            trial.set_user_attr("duplicate_of", dup.number)
+            for name, v in dup.constraints.items():
+                trial.set_constraint(name, v)
+            self.ostudy.tell(trial, dup.values)
+            self.record(trial, "COMPLETE", spec)
+            return TrialState.COMPLETE, dup.values, f"same architecture as trial {dup.number}"
+        self.record(trial, "RUNNING", spec)
+
+        metrics: dict = {}
+        t0 = time.perf_counter()
+        metrics.update(self.cost(spec))
+        timings["cost_s"] = time.perf_counter() - t0
+        if any(m.endswith("latency_ms") for m in self.needed):
+            t0 = time.perf_counter()
+            metrics.update(self.latency.metrics(spec, self.kind, self.needed))
+            timings["latency_s"] = time.perf_counter() - t0
+        trial.set_user_attr("metrics", metrics)
+
+        result, decision = None, None
+        if self.quality:
+            evals: list[list] = []
+
+            def on_eval(step: int, value: float) -> bool:
+                nonlocal decision
+                evals.append([int(step), float(value)])
+                trial.set_user_attr("evals", evals)
+                planned = getattr(self.proxy_cfg, "steps", None)
+                if self.stopper is None or (planned is not None and step >= planned):
+                    return False
+                d = self.stopper.decide(self.ostudy, trial.number, int(step), float(value), metrics)
+                if d.stop:
+                    decision = d
+                return d.stop
+
+            t0 = time.perf_counter()
+            result = self.run_quality(spec, metrics, on_eval)
+            timings["quality_s"] = time.perf_counter() - t0
+            metrics[self.quality] = float(result.value)
+            trial.set_user_attr("proxy_metric", result.metric)
+            trial.set_user_attr("metrics", metrics)
+            trial.set_user_attr("proxy_steps", int(result.steps))
+        timings["total_s"] = time.perf_counter() - t_start
+        trial.set_user_attr("timings", timings)
+        for c in self.study.constraints:
+            trial.set_constraint(str(c), c.violation(metrics[c.metric]))
+        proxy = result.to_dict() if result is not None else None
+        if proxy is not None:
+            proxy.pop("spec", None)
+        if decision is not None:
+            trial.set_user_attr("pruned_reason", decision.reason)
+            trial.set_user_attr("early_stopped", {"step": int(result.steps), "value": float(result.value)})
+            self.ostudy.tell(trial, state=TrialState.PRUNED)
+            self.record(trial, "PRUNED", spec, metrics=metrics, timings=timings, proxy_result=proxy)
+            return TrialState.PRUNED, None, decision.reason
+        values = [metrics[n] for n in self.study.objective_names]
+        self.ostudy.tell(trial, values)
+        self.record(trial, "COMPLETE", spec, metrics=metrics, timings=timings, proxy_result=proxy)
+        return TrialState.COMPLETE, values, ""
+
+
+def format_values(study, values) -> str:
+    from archsearch.study.pareto import fmt_metric
+
+    return "  ".join(f"{n}={fmt_metric(n, v)}" for n, v in zip(study.objective_names, values))
+
+
+def run_worker(study, *, workers: int = 1, progress: bool = True, deadline: float | None = None) -> dict:
+    """One worker's ask/tell loop until the study has ``n_trials`` counted trials (or the timeout)."""
+    from tqdm import tqdm
+
+    cfg = study.cfg
+    storage = open_storage(cfg.storage, heartbeat_interval=cfg.heartbeat.interval,
+                           grace_period=cfg.heartbeat.grace_period, max_retry=cfg.heartbeat.max_retry)
+    ostudy = create_or_load(study, storage)
+    n = cfg.n_trials
+    bar = tqdm(total=n, desc=f"study {study.name}", unit="trial", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    log = bar.write if progress else (lambda s: print(s, file=sys.stderr, flush=True))
+    runner = TrialRunner(study, ostudy, workers=workers, log=log)
+    ran = failures = 0
+    poll = min(5.0, max(0.5, cfg.heartbeat.interval / 2))
+    try:
+        while True:
+            if deadline is not None and time.time() > deadline:
+                log(f"timeout reached: no new trial starts ({cfg.timeout:g} s)")
+                break
+            with budget_lock(cfg.storage, study.name):
+                for num in fail_orphans(ostudy, cfg.heartbeat.max_retry):
+                    log(f"[trial {num}] its worker died: marked FAIL, re-queued")
+                trials = ostudy.get_trials(deepcopy=False)
+                done = sum(map(is_counted, trials))
+                running = sum(t.state == TrialState.RUNNING for t in trials)
+                bar.n = min(done, n)
+                bar.refresh()
+                if done >= n:
+                    break
+                trial = None
+                if done + running < n:
+                    trial = ostudy.ask()
+                    trial.set_user_attr("worker", worker_identity())
+            if trial is None:  # the budget is taken by trials running elsewhere: wait for them
+                time.sleep(poll)
+                continue
+            t0 = time.perf_counter()
+            retried = ostudy._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+            try:
+                with Heartbeat(storage, trial._trial_id):
+                    state, values, note = runner.run(trial)
+            except KeyboardInterrupt:
+                _requeue(ostudy, trial, "interrupted")
+                raise
+            except UserError as e:
+                if isinstance(e, InvalidArchitecture):
+                    raise
+                state, values, note = _fail(ostudy, trial, runner, e.line())
+                if e.exit_code != 3:  # a configuration mistake: every trial would hit it
+                    raise
+            except Exception as e:  # noqa: BLE001 - one broken trial must not end the study
+                state, values, note = _fail(ostudy, trial, runner, f"{type(e).__name__}: {e}")
+                log(traceback.format_exc(limit=3))
+            ran += 1
+            failures = failures + 1 if state == TrialState.FAIL else 0
+            took = time.perf_counter() - t0
+            again = f" (re-run of trial {retried})" if retried is not None else ""
+            msg = format_values(study, values) if values else note
+            log(f"[trial {trial.number}]{again} {state.name:8s} {msg}  ({took:.0f} s)")
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                raise UserError(f"{failures} trials failed in a row; see {study.output_dir}/trials/*/trial.json")
+    finally:
+        bar.close()
+    return {"ran": ran}
+
+
+def _fail(ostudy, trial, runner, reason: str):
+    trial.set_user_attr("fail_reason", reason[:2000])
+    ostudy.tell(trial, state=TrialState.FAIL)
+    runner.record(trial, "FAIL")
+    return TrialState.FAIL, None, reason
+
+
+def _requeue(ostudy, trial, reason: str) -> None:
+    """Ctrl-C: fail the trial and queue its parameters again, so the next run re-runs it."""
+    try:
+        trial.set_user_attr("interrupted", reason)
+        ostudy.tell(trial, state=TrialState.FAIL)
+        optuna.storages.RetryHeartbeatStaleTrialCallback()(ostudy, ostudy._storage.get_trial(trial._trial_id))
+    except Exception:  # the next run's orphan check will do it
+        pass
+
+
+def run_study(study, *, workers: int = 1, progress: bool = True, worker_only: bool = False,
+              finish: bool = True) -> dict:
+    """Run (or continue) ``study`` with ``workers`` local processes; write the Pareto front and the
+    dashboard at the end."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # Our loop records heartbeats itself (storage.Heartbeat), as Study.optimize would.
+        warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
+        return _run_study(study, workers=workers, progress=progress, worker_only=worker_only, finish=finish)
+
+
+def _run_study(study, *, workers, progress, worker_only, finish):
+    cfg = study.cfg
+    out = study.output_dir
+    t0 = time.time()
+    deadline = t0 + cfg.timeout if cfg.timeout else None
+    if worker_only:
+        return run_worker(study, workers=workers, progress=False, deadline=deadline)
+    provenance.write_study_files(study, out, workers=workers)
+    # Create the study once, before any worker starts (concurrent creation races).
+    storage = open_storage(cfg.storage)
+    create_or_load(study, storage).set_user_attr("study_file", study.resolved_dict())
+    if workers <= 1:
+        run_worker(study, workers=1, progress=progress, deadline=deadline)
+    else:
+        _run_local_workers(study, workers, progress, deadline)
+    summary = {"seconds": time.time() - t0}
+    if finish:
+        from archsearch.study.dashboard import write_dashboard
+        from archsearch.study.pareto import load_run, pareto_report, print_pareto
+
+        run = load_run(out)
+        rep = pareto_report(run)
+        from snapgen.cache import atomic_write_json
+
+        atomic_write_json(out / "pareto.json", rep)
+        print_pareto(rep)
+        path = write_dashboard(run, out / "dashboard.html")
+        print(f"dashboard: {path}")
+        summary["pareto"] = rep
+    print(f"study {study.name}: {summary['seconds']:.0f} s this run; results in {out}/")
+    return summary
+
+
+def _run_local_workers(study, workers: int, progress: bool, deadline) -> None:
+    """``--workers N``: N processes of ``archsearch run ... --worker-only`` on this host, sharing the
+    storage; this process shows the progress. (Processes, not threads: each trial trains a model.)"""
+    from tqdm import tqdm
+
+    logs = study.output_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "archsearch.cli", "run", str(study.file), *study.overrides, "--worker-only",
+           "--workers", str(workers)]
+    procs = []
+    for i in range(workers):
+        f = open(logs / f"worker-{i}.log", "a")
+        procs.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT), f))
+    storage = open_storage(study.cfg.storage)
+    ostudy = optuna.load_study(study_name=study.name, storage=storage)
+    bar = tqdm(total=study.cfg.n_trials, desc=f"study {study.name} ({workers} workers)", unit="trial",
+               file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    seen = set()
+    try:
+        while True:
+            alive = [p for p, _ in procs if p.poll() is None]
+            for t in ostudy.get_trials(deepcopy=False):
+                if t.state.is_finished() and t.number not in seen:
+                    seen.add(t.number)
+                    bar.write(f"[trial {t.number}] {t.state.name:8s} " + (
+                        format_values(study, t.values) if t.values else
+                        t.user_attrs.get("pruned_reason") or t.user_attrs.get("fail_reason") or ""))
+            bar.n = min(sum(map(is_counted, ostudy.get_trials(deepcopy=False))), study.cfg.n_trials)
+            bar.refresh()
+            if not alive:
+                break
+            time.sleep(2)
+    except KeyboardInterrupt:
+        for p, _ in procs:
+            p.terminate()
+        raise
+    finally:
+        bar.close()
+        for _, f in procs:
+            f.close()
+    bad = [p.returncode for p, _ in procs if p.returncode not in (0, None)]
+    if bad:
+        raise UserError(f"{len(bad)} worker(s) exited with status {bad}; see {logs}/worker-*.log")
