@@ -7,11 +7,14 @@ from snapgen.clikit import run_cli
 
 COMMANDS = {
     "cost": "params and GFLOPs (fvcore, 1 multiply-add = 1 FLOP) of a preset or spec, per stage",
+    "latency": "measured latency of a preset or spec on a backend (torch cpu/cuda/mps, coreml), per stage",
+    "calibrate": "build a per-block latency lookup table for a search space, or --validate one",
     "run": "run or continue a declarative multi-objective study (Optuna), e.g. studies/unet.yaml",
     "status": "where a study stands: trials counted, running, Pareto size, hypervolume",
     "pareto": "the Pareto front of a study and its hypervolume against the stated reference point",
     "dashboard": "one self-contained HTML dashboard of a study (Plotly)",
     "export": "every trial of a study as CSV or Parquet (pandas)",
+    "ablate": "a declarative ablation (cumulative ladder or one-at-a-time variants), >= 2 seeds each",
 }
 
 

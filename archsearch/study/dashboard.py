@@ -90,6 +90,7 @@ table.trials tr:hover{background:#eef4ff} .grid{display:flex;flex-wrap:wrap;gap:
 
 
 def render(run: Run) -> str:
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # "no feasible trials yet" is shown on the page instead
     rep = pareto_report(run)
     ref = [rep["reference_point"][n] for n in run.names]
     figs: list[tuple[str, go.Figure | str]] = []

@@ -6,7 +6,7 @@ is ours, after asynchronous successive halving (ASHA, Li et al. 2020) in its mul
 trial reaches a rung, it is ranked against every trial that reached the same rung before it —
 infeasible trials after feasible ones, then by non-domination rank over the study's objectives
 (the quality *at that rung*, and the cost objectives, which are exact from the start), then by
-quality — and it goes on only if it is in the best ``1/eta``. A stopped trial is PRUNED, with the
+crowding distance (NSGA-II's selection) — and it goes on only if it is in the best ``1/eta``. A stopped trial is PRUNED, with the
 rung, its value and the reason as user attributes; no rung decides before ``min_trials`` trials
 reached it.
 
@@ -40,6 +40,21 @@ def non_domination_rank(values: np.ndarray) -> np.ndarray:
         remaining = remaining[dominated]
         r += 1
     return rank
+
+
+def crowding_distance(values: np.ndarray) -> np.ndarray:
+    """NSGA-II crowding distance within one front (extremes get infinity), hand-written for the same reason."""
+    n, m = values.shape
+    d = np.zeros(n)
+    if n <= 2:
+        return np.full(n, np.inf)
+    for j in range(m):
+        order = np.argsort(values[:, j], kind="stable")
+        span = values[order[-1], j] - values[order[0], j]
+        d[order[0]] = d[order[-1]] = np.inf
+        if span > 0:
+            d[order[1:-1]] += (values[order[2:], j] - values[order[:-2], j]) / span
+    return d
 
 
 @dataclass
@@ -98,8 +113,13 @@ class SuccessiveHalving:
         viols = np.array([self._violation(metrics)] + viol)
         q = self.names.index(self.quality)
         ranks = non_domination_rank(vals)
-        # Sort key: feasibility (violation), then Pareto rank, then quality.
-        order = sorted(range(n), key=lambda i: (viols[i], ranks[i], vals[i, q]))
+        crowd = np.zeros(n)
+        for r in np.unique(ranks):
+            idx = np.where(ranks == r)[0]
+            crowd[idx] = crowding_distance(vals[idx])
+        # NSGA-II's selection order: feasibility (violation), Pareto rank, crowding distance (the
+        # extremes of a front first: the smallest architecture is kept however mediocre its quality).
+        order = sorted(range(n), key=lambda i: (viols[i], ranks[i], -crowd[i], vals[i, q]))
         keep = max(1, math.ceil(n / self.eta))
         pos = order.index(0)
         if pos < keep:

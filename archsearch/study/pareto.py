@@ -145,6 +145,8 @@ def pareto_report(run: Run) -> dict:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         best = sorted(run.study.best_trials, key=lambda t: t.values[0]) if trials else []
+    # A repeated architecture (reused values, see runner) is one point of the front, not two.
+    best = [t for t in best if "duplicate_of" not in t.user_attrs]
     states = {s.name: 0 for s in TrialState}
     for t in run.study.get_trials(deepcopy=False):
         states[t.state.name] += 1

@@ -179,7 +179,8 @@ class TrialRunner:
             for name, v in dup.constraints.items():
                 trial.set_constraint(name, v)
             self.ostudy.tell(trial, dup.values)
-            self.record(trial, "COMPLETE", spec)
+            self.record(trial, "COMPLETE", spec, metrics=dup.user_attrs.get("metrics", {}),
+                        timings={"total_s": time.perf_counter() - t_start})
             return TrialState.COMPLETE, dup.values, f"same architecture as trial {dup.number}"
         self.record(trial, "RUNNING", spec)
 

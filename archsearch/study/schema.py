@@ -115,6 +115,7 @@ class AblationStepCfg:
     preset: Optional[str] = None  # a preset of the space...
     arch: Dict[str, Any] = field(default_factory=dict)  # ...and/or fields merged over it
     description: str = ""
+    paper: str = ""  # what the paper reports for this step (shown beside our numbers)
 
 
 @dataclass
@@ -229,7 +230,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         except yaml.YAMLError:
             parsed = value
         try:
-            OmegaConf.update(cfg, key, parsed, merge=True, force_add=True)
+            OmegaConf.update(cfg, key, parsed, merge=False, force_add=True)  # key=VALUE replaces
         except OmegaConfBaseException as e:
             raise UserError(f"cannot apply override: {str(e).splitlines()[0]}", file=CLI, key=key) from None
     return OmegaConf.to_container(cfg, resolve=False)
@@ -344,9 +345,14 @@ def validate_common(cfg, file: str, study_path: Path, kind_metrics: dict):
     for k in ("latent_size", "context_len", "sampling_steps"):
         if getattr(cfg.target, k) <= 0:
             raise UserError(f"must be a positive integer, got {getattr(cfg.target, k)}", file=file, key=f"target.{k}")
-    from archsearch.objectives.quality import validate_proxy_keys
+    if space.kind == "decoder":
+        from archsearch.objectives.decoder_quality import decoder_proxy_config
 
-    validate_proxy_keys(cfg.proxy, file=file)
+        decoder_proxy_config(cfg.proxy, file=file)
+    else:
+        from archsearch.objectives.quality import validate_proxy_keys
+
+        validate_proxy_keys(cfg.proxy, file=file)
     return space
 
 

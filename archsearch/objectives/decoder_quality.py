@@ -1,0 +1,170 @@
+"""``psnr``: reconstruction quality of a decoder candidate, trained briefly against a frozen encoder.
+
+As the paper trains its tiny decoder (§3.2) against the frozen encoder of the autoencoder, the
+proxy trains the proxy-scaled candidate to decode the latents of a frozen proxy ``AutoencoderKL``
+(the embedded small one of :mod:`snapgen.autoencoder`, here with four blocks so that its f = 8
+matches the four-stage decoders of the space; trained once and cached, like the UNet proxy's) and
+reports the PSNR of its reconstructions of held-out images. The proxy loss is MSE only (the
+paper adds LPIPS and an adversarial loss for the full training); intermediate evaluations feed the
+study's early stopping like the UNet proxy's.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from snapgen.autoencoder import AEConfig
+from snapgen.errors import TrainingError, UserError
+
+
+@dataclass(frozen=True)
+class DecoderProxyConfig:
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 2e-3
+    width_mult: float = 0.25
+    norm_groups: int = 8
+    num_samples: int = 500  # held-out images for the PSNR
+    eval_every: int = 100
+    data_path: str | None = None
+    ae: AEConfig = field(default_factory=lambda: AEConfig(block_out_channels=(16, 32, 32, 32)))
+    threads: int = 1
+    progress: bool = True
+
+    def validate(self) -> "DecoderProxyConfig":
+        for k in ("steps", "batch_size", "num_samples", "norm_groups"):
+            if getattr(self, k) < 1:
+                raise UserError(f"must be >= 1, got {getattr(self, k)}", key=k)
+        if self.width_mult <= 0 or self.lr <= 0:
+            raise UserError("width_mult and lr must be > 0", key="width_mult")
+        return self
+
+
+DECODER_PROXY_DEFAULTS: dict = {}
+
+
+def decoder_proxy_config(data, *, file: str | None = None, **defaults) -> DecoderProxyConfig:
+    from archsearch.objectives.quality import _dataclass_from_dict
+
+    merged = {**defaults, **dict(data or {})}
+    cfg = _dataclass_from_dict(DecoderProxyConfig, merged, file=file, prefix="proxy.")
+    try:
+        return cfg.validate()
+    except UserError as e:
+        raise UserError(e.message, file=file, key=f"proxy.{e.key}" if e.key else "proxy") from None
+
+
+@dataclass(frozen=True)
+class DecoderResult:
+    metric: str
+    value: float
+    steps: int
+    seconds: float
+    evaluations: tuple
+    stopped_early: bool
+    params: int
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["evaluations"] = [list(e) for e in self.evaluations]
+        return d
+
+
+@lru_cache(maxsize=2)
+def _assets(data_path, ae: AEConfig, n_eval: int):
+    """(train latents, train images, held-out latents, held-out images), images in [-1, 1] at the AE resolution."""
+    from snapgen.autoencoder import cached_latents, proxy_autoencoder
+    from snapgen.data import fashion_mnist
+
+    train, test = fashion_mnist.load("train", data_path), fashion_mnist.load("test", data_path)
+    codec = proxy_autoencoder(ae, train, test)
+    lat, _ = cached_latents(codec, train)
+    # Latents of the held-out images: small, encoded here (posterior means, as for the training set).
+    held = test.images[:n_eval]
+    return lat, codec.prepare(train.images), codec.encode(held), codec.prepare(held), codec
+
+
+def proxy_decoder_spec(spec, cfg: DecoderProxyConfig, latent_channels: int, out_channels: int):
+    q = cfg.norm_groups
+    ch = tuple(max(q, int(round(c * cfg.width_mult / q)) * q) for c in spec.channels)
+    return replace(spec, channels=ch, latent_channels=latent_channels, out_channels=out_channels,
+                   norm_groups=q, name=f"{spec.name}-proxy").validate()
+
+
+def decoder_quality(spec, cfg: DecoderProxyConfig, *, seed: int,
+                    on_eval: Callable[[int, float], bool] | None = None) -> DecoderResult:
+    from tqdm import tqdm
+
+    from snapgen.autoencoder import psnr
+    from snapgen.decoder import DecoderSpec, TinyDecoder
+
+    if not isinstance(spec, DecoderSpec):
+        raise UserError(f"psnr needs a tiny-decoder spec, got {type(spec).__name__} (sd3/sdxl are baselines)",
+                        key="objectives")
+    prev = torch.get_num_threads()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    t_start = time.perf_counter()
+    try:
+        lat, images, held_lat, held_img, codec = _assets(cfg.data_path, cfg.ae, cfg.num_samples)
+        if codec.downsample != spec.upscale:
+            raise UserError(f"the proxy autoencoder downsamples by {codec.downsample} but the decoder upsamples by "
+                            f"{spec.upscale}; set proxy.ae.block_out_channels to {len(spec.channels)} blocks",
+                            key="proxy.ae")
+        pspec = proxy_decoder_spec(spec, cfg, lat.shape[1], images.shape[1])
+        torch.manual_seed(seed)
+        model = TinyDecoder.from_spec(pspec)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+        g = torch.Generator().manual_seed(seed)
+        # Back from the diffusion-normalised latents to the decoder's input space.
+        to_vae = lambda z: z / codec.scaling_factor + codec.shift_factor  # noqa: E731
+        evals, stopped, step = [], False, 0
+
+        def evaluate() -> float:
+            model.eval()
+            with torch.no_grad():
+                rec = torch.cat([model(to_vae(held_lat[i:i + 250])).clamp(-1, 1) for i in range(0, len(held_lat), 250)])
+            model.train()
+            v = psnr(rec, held_img)
+            if not math.isfinite(v):
+                raise TrainingError(f"decoder proxy produced non-finite reconstructions at step {step}")
+            evals.append((step, v))
+            return v
+
+        bar = tqdm(total=cfg.steps, desc=f"decoder proxy {spec.name}", file=sys.stderr, disable=not cfg.progress,
+                   mininterval=1.0, leave=False)
+        model.train()
+        while step < cfg.steps:
+            idx = torch.randint(len(lat), (cfg.batch_size,), generator=g)
+            loss = F.mse_loss(model(to_vae(lat[idx])), images[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            bar.update(1)
+            if step % 25 == 0 and not torch.isfinite(loss):
+                raise TrainingError(f"non-finite decoder loss at step {step}")
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
+                v = evaluate()
+                if on_eval is not None and on_eval(step, v):
+                    stopped = True
+                    break
+        bar.close()
+        if not stopped:
+            v = evaluate()
+            if on_eval is not None:
+                on_eval(step, v)
+        return DecoderResult("psnr", evals[-1][1], step, time.perf_counter() - t_start, tuple(evals), stopped,
+                             sum(p.numel() for p in model.parameters()))
+    finally:
+        torch.set_num_threads(prev)

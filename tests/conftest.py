@@ -1,0 +1,85 @@
+"""Shared pytest fixtures (add fixtures only)."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+# A UNet space small enough that the full-size cost of an architecture is counted in well under a second.
+TINY_UNET_SPACE = textwrap.dedent("""\
+    kind: unet
+    presets:
+      tiny:
+        arch:
+          latent_channels: 4
+          context_dim: 32
+          head_dim: 16
+          norm_groups: 8
+          channels: [32, 64]
+          layers: 1
+          transformer_depth: [0, 1]
+          cross_attention: [false, true]
+    search:
+      base: tiny
+      dimensions:
+        channels: {per_stage: true, choices: [[16, 32, 48], [32, 64, 80]]}
+        transformer_depth: {per_stage: true, choices: [[0, 1], [1, 2]]}
+        conv: {choices: [regular, separable, expanded_separable]}
+        ffn_ratio: {choices: [2, 3, 4]}
+        attention: {choices: [mhsa, mqa], when: has_attention}
+      constraints: [heads_divide_channels]
+    """)
+
+
+def tiny_study_text(name: str = "tiny", n_trials: int = 8, extra: str = "") -> str:
+    """A study over the tiny space with the ``synthetic`` quality metric (no training: seconds)."""
+    return textwrap.dedent(f"""\
+        name: {name}
+        space: space.yaml
+        objectives:
+          - {{name: synthetic}}
+          - {{name: params}}
+          - {{name: gflops}}
+        constraints: ["params <= 1.2e6"]
+        sampler: {{name: tpe, seed: 0, options: {{n_startup_trials: 4, multivariate: true, group: true}}}}
+        n_trials: {n_trials}
+        target: {{latent_size: 8, context_len: 8}}
+        synthetic: {{evals: 3, seconds_per_eval: 0.0}}
+        early_stopping: {{min_trials: 3}}
+        reference_point: {{synthetic: 80, params: 2.0e6, gflops: 0.05}}
+        heartbeat: {{interval: 1, grace_period: 3}}
+        output_dir: run
+        """) + extra
+
+
+@pytest.fixture
+def tiny_study(tmp_path):
+    """A factory writing the tiny space and a study file into tmp_path; returns the study path."""
+
+    def make(**kw) -> Path:
+        (tmp_path / "space.yaml").write_text(TINY_UNET_SPACE)
+        p = tmp_path / f"{kw.get('name', 'tiny')}.yaml"
+        p.write_text(tiny_study_text(**kw))
+        return p
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished tiny study (synthetic quality, 10 trials): its run directory."""
+    import os
+
+    from archsearch.cli import main
+
+    d = tmp_path_factory.mktemp("tiny_run")
+    (d / "space.yaml").write_text(TINY_UNET_SPACE)
+    (d / "study.yaml").write_text(tiny_study_text(name="tiny", n_trials=10))
+    cwd = os.getcwd()
+    os.chdir(d)
+    try:
+        assert main(["run", "study.yaml", "--no-progress"]) == 0
+    finally:
+        os.chdir(cwd)
+    return d / "run"
