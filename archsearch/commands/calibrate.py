@@ -1,0 +1,77 @@
+"""``archsearch calibrate``: build a per-unit latency lookup table for a search space, or
+``--validate`` one against end-to-end measurements of random held-out architectures."""
+from __future__ import annotations
+
+import json
+import time
+import warnings
+
+from snapgen.errors import UserError
+
+from archsearch.commands.latency import add_backend_arguments, backend_from_args
+
+
+def add_arguments(p):
+    p.add_argument("space", help="search-space YAML (unet or decoder)")
+    add_backend_arguments(p)
+    p.add_argument("-o", "--out", help="table to write (JSON lines; resumed if it exists); with --validate: "
+                                       "a JSON-lines file of measured architectures (resumed if it exists)")
+    p.add_argument("--latent-size", type=int, default=128, help="target latent height/width (default 128)")
+    p.add_argument("--calib-latent", type=int, help="latent at which pixel-linear units are timed and scaled from "
+                                                   "(default: latent-size / 2)")
+    p.add_argument("--context-len", type=int, default=77, help="context tokens for cross-attention (default 77)")
+    p.add_argument("--probes", type=int, default=2, help="units per class re-timed at the target to correct the "
+                                                        "scaling (default 2)")
+    p.add_argument("--validate", metavar="TABLE", help="validate TABLE instead of calibrating")
+    p.add_argument("--n", type=int, default=20, help="held-out architectures for --validate (default 20)")
+    p.add_argument("--seed", type=int, default=1234, help="sampling seed of the held-out set (default 1234)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args):
+    from archsearch.latency.table import calibrate, validate
+    from archsearch.space import SearchSpace
+
+    backend = backend_from_args(args)
+    space = SearchSpace.load(args.space)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if args.validate:
+            if args.n < 1:
+                raise UserError(f"must be >= 1, got {args.n}", key="--n")
+            rep = validate(space, args.validate, backend, n=args.n, seed=args.seed, out=args.out,
+                           progress=not args.no_progress, context_len=args.context_len)
+            if args.json:
+                print(json.dumps(rep.to_dict()))
+                return 0
+            print(f"table {args.validate} vs measured, {rep.n} held-out architectures of {args.space} "
+                  f"(seed {args.seed}), latent {rep.latent_size}, {rep.backend} {rep.device}, {rep.threads} threads")
+            print(f"  {'#':>3}{'predicted ms':>14}{'measured ms':>14}{'error':>9}")
+            for r in rep.rows:
+                print(f"  {r['index']:>3}{r['predicted_ms']:14.1f}{r['measured_ms']:14.1f}{r['pct_error']:8.1f}%")
+            print(f"  |error|: median {rep.median_abs_pct_error:.1f}%  mean {rep.mean_abs_pct_error:.1f}%  "
+                  f"p90 {rep.p90_abs_pct_error:.1f}%  max {rep.max_abs_pct_error:.1f}%;  signed mean "
+                  f"{rep.mean_pct_error:+.1f}%;  Spearman {rep.spearman:.3f};  lookup {rep.predict_ms_per_trial:.2f} ms/trial")
+            return 0
+        if not args.out:
+            raise UserError("name the table to write with -o TABLE (or give --validate TABLE)", key="-o")
+        calib = args.calib_latent or max(args.latent_size // 2, 1)
+        t0 = time.perf_counter()
+        table = calibrate(space, backend, args.out, latent_size=args.latent_size, calib_latent=calib,
+                          context_len=args.context_len, probes=args.probes, progress=not args.no_progress)
+        took = time.perf_counter() - t0
+    summary = {"table": args.out, "units": len(table.entries), "probes": len(table.probes),
+               "seconds_this_run": round(took, 1), "seconds_total": round(table.seconds, 1),
+               "corrections": table.corrections(), **{k: table.header[k] for k in (
+                   "backend", "device", "threads", "latent_size", "calib_latent")}}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(f"wrote {args.out}: {summary['units']} units + {summary['probes']} probes, {args.space} "
+              f"({table.header['space']['kind']}), {summary['backend']} {summary['device']}, {summary['threads']} "
+              f"threads; timed at latent {calib}, predicting latent {args.latent_size}; "
+              f"{took / 60:.1f} min this run, {table.seconds / 60:.1f} min in all")
+        for c, v in sorted(summary["corrections"].items()):
+            print(f"  scale correction {c:<26} x{v:.3f}")
+    return 0
