@@ -19,7 +19,7 @@ import plotly.graph_objects as go
 import yaml
 from optuna.trial import TrialState
 
-from archsearch.study.pareto import Run, feasible, fmt_metric, hypervolume_history, pareto_report
+from archsearch.study.pareto import Run, feasible, fmt_metric, hypervolume_history, pareto_report, pareto_trials
 
 V = optuna.visualization
 
@@ -62,8 +62,7 @@ def _figure_or_note(title: str, make) -> tuple[str, go.Figure | str]:
 
 def _trial_table(run: Run) -> str:
     names = run.names
-    pareto = {t.number for t in run.study.best_trials} if any(
-        t.state == TrialState.COMPLETE for t in run.study.get_trials(deepcopy=False)) else set()
+    pareto = {t.number for t in pareto_trials(run)}
     head = "".join(f"<th>{html.escape(h)}</th>" for h in
                    ["trial", "state", *names, "feasible", "Pareto", "seconds", "note"])
     rows = []

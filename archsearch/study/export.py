@@ -5,18 +5,15 @@ from __future__ import annotations
 import json
 
 import pandas as pd
-from optuna.trial import TrialState
 
-from archsearch.study.pareto import Run, feasible
+from archsearch.study.pareto import Run, feasible, pareto_trials
 
 
 def trials_frame(run: Run) -> pd.DataFrame:
     df = run.study.trials_dataframe(attrs=("number", "state", "datetime_start", "datetime_complete", "duration",
                                            "params"), multi_index=False)
     trials = {t.number: t for t in run.study.get_trials(deepcopy=False)}
-    pareto = set()
-    if any(t.state == TrialState.COMPLETE for t in trials.values()):
-        pareto = {t.number for t in run.study.best_trials}
+    pareto = {t.number for t in pareto_trials(run)}
     for i, n in enumerate(run.names):
         df[n] = [trials[k].values[i] if trials[k].values else None for k in df["number"]]
     metric_names = sorted({m for t in trials.values() for m in t.user_attrs.get("metrics", {})} - set(run.names))

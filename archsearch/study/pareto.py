@@ -139,14 +139,21 @@ def hypervolume_history(run: Run, ref: list[float]) -> list[tuple[int, float, fl
     return out
 
 
+def pareto_trials(run: Run) -> list:
+    """Optuna's ``best_trials`` (feasible, non-dominated), sorted by the first objective; a repeated
+    architecture (values reused, see the runner) is one point of the front, not two."""
+    if not completed(run):
+        return []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        best = sorted(run.study.best_trials, key=lambda t: t.values[0])
+    return [t for t in best if "duplicate_of" not in t.user_attrs]
+
+
 def pareto_report(run: Run) -> dict:
     trials = completed(run)
     ref, note = reference_point(run, trials)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        best = sorted(run.study.best_trials, key=lambda t: t.values[0]) if trials else []
-    # A repeated architecture (reused values, see runner) is one point of the front, not two.
-    best = [t for t in best if "duplicate_of" not in t.user_attrs]
+    best = pareto_trials(run) if trials else []
     states = {s.name: 0 for s in TrialState}
     for t in run.study.get_trials(deepcopy=False):
         states[t.state.name] += 1

@@ -80,11 +80,17 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
         if heartbeat_interval:
             kw = dict(heartbeat_interval=heartbeat_interval, grace_period=grace_period or 3 * heartbeat_interval,
                       heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry))
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kw)
-        except Exception as e:  # unreachable server, bad credentials, missing driver
-            raise UserError(f"cannot open storage: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
-                            key="storage") from None
+        for attempt in range(4):
+            try:
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **kw)
+            except Exception as e:  # unreachable server, bad credentials, missing driver
+                # Workers starting together on a fresh database race to create Optuna's tables: the
+                # loser sees a unique-key violation; the tables exist by then, so try again.
+                if attempt < 3 and "IntegrityError" in type(e).__name__ + str(e)[:200]:
+                    time.sleep(0.5 * (attempt + 1))
+                    continue
+                raise UserError(f"cannot open storage: {type(e).__name__}: {str(e).splitlines()[0][:300]}",
+                                key="storage") from None
 
 
 # ---- the budget lock ------------------------------------------------------------------------------
