@@ -1,43 +1,46 @@
 """``latency_ms`` and ``e2e_latency_ms`` of the full-size architecture, from :mod:`archsearch.latency`.
 
-The study's ``latency:`` mapping chooses ``mode: table`` (a calibrated per-block lookup table: a
-sum over blocks, well under a second per trial) or ``mode: measure`` (timed on ``backend`` /
-``device``). ``e2e_latency_ms`` = ``target.sampling_steps`` x UNet latency + decoder latency; the
-other half comes from the target preset (``target.decoder`` for UNet studies, ``target.unet`` for
-decoder studies).
+The study's ``latency:`` mapping chooses ``mode: table`` (a calibrated per-block lookup table made
+by ``archsearch calibrate``: a sum over blocks, well under a second per trial) or ``mode: measure``
+(the model is built and timed on ``backend`` / ``device``). ``e2e_latency_ms`` =
+``target.sampling_steps`` x UNet latency + decoder latency; the other network is the target preset
+(``target.decoder`` for UNet studies, ``target.unet`` for decoder studies), predicted from
+``latency.partner_path`` (a table of the other space) or else measured once per process.
 """
 from __future__ import annotations
 
 import functools
 
-from snapgen.errors import UserError
+
+def latency_model(cfg, target, space=None, path=None):
+    from archsearch.latency import LatencyModel
+
+    path = path or cfg.path
+    if cfg.mode == "table" and path:
+        return LatencyModel.from_table(path, space)
+    return LatencyModel.measuring(backend=cfg.backend, device=cfg.device, context_len=target.context_len)
 
 
 class LatencyObjective:
-    def __init__(self, cfg, target):
-        try:
-            from archsearch.latency import LatencyModel
-        except ImportError as e:
-            raise UserError(f"latency objectives need archsearch.latency ({e})", key="latency") from None
-        self.cfg, self.target = cfg, target
-        kw = dict(mode=cfg.mode, backend=cfg.backend, device=cfg.device)
-        if cfg.mode == "table":
-            kw["path"] = cfg.path
-        self.model = _make_model(LatencyModel, kw)
+    def __init__(self, cfg, target, space=None):
+        self.cfg, self.target, self.space = cfg, target, space
+        self.model = latency_model(cfg, target, space)
 
     def predict(self, spec) -> float:
         return float(self.model.predict(spec, self.target.latent_size))
 
-    @functools.cached_property
-    def _partner(self):
-        from snapgen.presets import DEFAULT_DECODER_SPACE, DEFAULT_UNET_SPACE, load_decoder_preset, load_preset
-
-        return {"unet": lambda: load_decoder_preset(DEFAULT_DECODER_SPACE, self.target.decoder),
-                "decoder": lambda: load_preset(DEFAULT_UNET_SPACE, self.target.unet)}
-
     @functools.lru_cache(maxsize=2)
     def partner_ms(self, kind: str) -> float:
-        return self.predict(self._partner[kind]())
+        from snapgen.presets import DEFAULT_DECODER_SPACE, DEFAULT_UNET_SPACE, load_decoder_preset, load_preset
+
+        spec = (load_decoder_preset(DEFAULT_DECODER_SPACE, self.target.decoder) if kind == "unet"
+                else load_preset(DEFAULT_UNET_SPACE, self.target.unet))
+        if self.cfg.partner_path:
+            m = latency_model(self.cfg, self.target, None, path=self.cfg.partner_path)
+        else:
+            m = latency_model(type(self.cfg)(mode="measure", backend=self.cfg.backend, device=self.cfg.device),
+                              self.target)
+        return float(m.predict(spec, self.target.latent_size))
 
     def metrics(self, spec, kind: str, needed) -> dict:
         ms = self.predict(spec)
@@ -49,10 +52,17 @@ class LatencyObjective:
         return out
 
 
-def _make_model(cls, kw):
-    import inspect
+def check_table(cfg, target, space, *, file: str) -> None:
+    """A table must fit the space and the target resolution: checked when the study loads."""
+    from snapgen.errors import UserError
 
-    params = inspect.signature(cls).parameters
-    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        kw = {k: v for k, v in kw.items() if k in params}
-    return cls(**kw)
+    for key, path in (("latency.path", cfg.path), ("latency.partner_path", cfg.partner_path)):
+        if not path:
+            continue
+        try:
+            m = latency_model(cfg, target, space if key == "latency.path" else None, path=path)
+        except UserError as e:
+            raise UserError(f"{e.line()}", file=file, key=key) from None
+        if m.latent_size is not None and m.latent_size != target.latent_size:
+            raise UserError(f"table calibrated for latent {m.latent_size}, the target is {target.latent_size}",
+                            file=file, key=key)

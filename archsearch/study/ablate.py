@@ -93,7 +93,7 @@ def run_ablation(cfg, space, *, file: str, progress: bool = True) -> pd.DataFram
     if cfg.latency.mode != "none":
         from archsearch.objectives.latency import LatencyObjective
 
-        latency = LatencyObjective(cfg.latency, cfg.target)
+        latency = LatencyObjective(cfg.latency, cfg.target, space)
     qcfg_hash = hash_config(dataclasses.asdict(quality_cfg) if quality_cfg else dataclasses.asdict(cfg.synthetic))[:12]
     total = len(steps) * len(cfg.seeds)
     k = 0

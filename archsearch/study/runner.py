@@ -114,7 +114,7 @@ class TrialRunner:
         if self._latency is None:
             from archsearch.objectives.latency import LatencyObjective
 
-            self._latency = LatencyObjective(self.cfg.latency, self.cfg.target)
+            self._latency = LatencyObjective(self.cfg.latency, self.cfg.target, self.study.space)
         return self._latency
 
     # ---- metrics -----------------------------------------------------------------------------

@@ -59,6 +59,7 @@ class TargetCfg:
 class LatencyCfg:
     mode: str = "none"  # none | table | measure
     path: Optional[str] = None  # lookup table (mode: table), relative to the study file
+    partner_path: Optional[str] = None  # table of the other network for e2e_latency_ms (else measured once)
     backend: str = "torch"
     device: str = "cpu"
 
@@ -342,9 +343,18 @@ def validate_common(cfg, file: str, study_path: Path, kind_metrics: dict):
         if not tp.is_file():
             raise UserError(f"latency table not found: {tp}", file=file, key="latency.path")
         lat.path = str(tp)
+    if lat.partner_path:
+        pp = resolve_path(study_path, lat.partner_path)
+        if not pp.is_file():
+            raise UserError(f"latency table not found: {pp}", file=file, key="latency.partner_path")
+        lat.partner_path = str(pp)
     for k in ("latent_size", "context_len", "sampling_steps"):
         if getattr(cfg.target, k) <= 0:
             raise UserError(f"must be a positive integer, got {getattr(cfg.target, k)}", file=file, key=f"target.{k}")
+    if lat.mode == "table":
+        from archsearch.objectives.latency import check_table
+
+        check_table(lat, cfg.target, space, file=file)
     if space.kind == "decoder":
         from archsearch.objectives.decoder_quality import decoder_proxy_config
 
