@@ -52,13 +52,14 @@ def bare_loop(spec, assets, cfg: ProxyConfig, steps: int, seed: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="a")
-    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     spec = load_preset(None, args.preset)
-    cfg = replace(ProxyConfig(), steps=args.steps, num_samples=10, sample_steps=1, threads=args.threads)
+    cfg = replace(ProxyConfig(), steps=args.steps, num_samples=100, sample_steps=1, threads=args.threads,
+                  progress=False)
     assets = prepare_assets(cfg)
     pspec = proxy_spec(spec, cfg, latent_channels=assets.latents.shape[1], context_dim=assets.context.shape[-1])
     if pspec.pooled_dim:

@@ -7,6 +7,7 @@ from snapgen.clikit import run_cli
 
 COMMANDS = {
     "proxy": "train an architecture small and short on the proxy task and print its quality metric",
+    "export": "export a preset or checkpoint (UNet + decoder) to Core ML .mlpackage files (fp16, ANE-friendly attention)",
 }
 
 

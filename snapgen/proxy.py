@@ -43,10 +43,10 @@ class ProxyConfig:
     """Budget and settings of one proxy evaluation. The defaults are what a study uses."""
 
     # training budget
-    steps: int = 300
-    batch_size: int = 128
+    steps: int = 120
+    batch_size: int = 64
     lr: float = 1e-3
-    warmup_steps: int = 20
+    warmup_steps: int = 10
     weight_decay: float = 0.0
     ema_decay: float = 0.99  # 0 disables EMA (sample from the raw weights)
     p_uncond: float = 0.1  # condition dropout for classifier-free guidance
@@ -58,8 +58,8 @@ class ProxyConfig:
     head_dim: int = 16
     norm_groups: int = 8
     # evaluation
-    num_samples: int = 1000
-    sample_steps: int = 10
+    num_samples: int = 500
+    sample_steps: int = 8
     sampler: str = "euler"
     cfg_scale: float = 2.0
     eval_every: int = 0  # 0: no periodic intermediate evaluations
@@ -133,6 +133,7 @@ class ProxyResult:
     assets: dict  # autoencoder PSNR, classifier accuracy, cache hits
     samples: torch.Tensor | None = field(default=None, repr=False)  # uint8 images of the last evaluation
     sample_labels: torch.Tensor | None = field(default=None, repr=False)
+    samples_by_step: dict = field(default_factory=dict, repr=False)  # step -> uint8 images of each evaluation
 
     def to_dict(self) -> dict:
         return {"metric": self.metric, "value": self.value, "steps": self.steps, "seconds": self.seconds,
@@ -309,6 +310,7 @@ def _run(spec, cfg, seed, on_eval) -> ProxyResult:
     loss = torch.tensor(float("nan"))
     step = 0
     images = sample_labels = None
+    samples_by_step: dict[int, torch.Tensor] = {}
 
     def check(loss):
         if not torch.isfinite(loss):
@@ -321,6 +323,7 @@ def _run(spec, cfg, seed, on_eval) -> ProxyResult:
         value, images, sample_labels = evaluate(ema.model if ema else model, assets, cfg, seed=seed + 1)
         eval_s += time.perf_counter() - t0
         evaluations.append((step, value))
+        samples_by_step[step] = images
         return value
 
     bar = tqdm(total=cfg.steps, desc=f"proxy {spec.name}", file=sys.stderr, disable=not cfg.progress,
@@ -381,4 +384,4 @@ def _run(spec, cfg, seed, on_eval) -> ProxyResult:
         spec=pspec, params=sum(p.numel() for p in model.parameters()), train_seconds=train_s, eval_seconds=eval_s,
         images_per_second=(step * b / train_s) if train_s > 0 else 0.0,
         final_loss=float(loss.detach()) if step else float("nan"), stopped_early=stopped, assets=dict(assets.info),
-        samples=images, sample_labels=sample_labels)
+        samples=images, sample_labels=sample_labels, samples_by_step=samples_by_step)

@@ -24,10 +24,21 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture
 def tmp_cache(tmp_path, monkeypatch):
+    """A fresh, empty artefact cache."""
     monkeypatch.setenv("SNAPGEN_CACHE", str(tmp_path / "cache"))
     proxy._ASSETS.clear()
     yield tmp_path / "cache"
     proxy._ASSETS.clear()
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory):
+    """One artefact cache for the tests that only need the tiny assets built once."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SNAPGEN_CACHE", str(tmp_path_factory.mktemp("cache")))
+        proxy._ASSETS.clear()
+        yield
+        proxy._ASSETS.clear()
 
 
 def test_same_seed_same_metric_and_caches_reused(data_dir, tmp_cache):
@@ -52,7 +63,7 @@ def test_same_seed_same_metric_and_caches_reused(data_dir, tmp_cache):
     assert 0 < r1.assets["autoencoder_psnr_db"] < 60
 
 
-def test_proxy_spec_uses_proxy_latents_and_text_width(data_dir, tmp_cache):
+def test_proxy_spec_uses_proxy_latents_and_text_width(data_dir, shared_cache):
     cfg = tiny_config(data_dir)
     assets = prepare_assets(cfg)
     s = proxy_spec(small_spec(), cfg, latent_channels=assets.latents.shape[1], context_dim=assets.context.shape[-1])
@@ -61,7 +72,7 @@ def test_proxy_spec_uses_proxy_latents_and_text_width(data_dir, tmp_cache):
     assert assets.context.shape[0] == 11  # 10 class prompts + the empty prompt (CFG null condition)
 
 
-def test_stop_trial_stops_early(data_dir, tmp_cache):
+def test_stop_trial_stops_early(data_dir, shared_cache):
     cfg = tiny_config(data_dir, steps=12, eval_every=4)
 
     def stop(step, value):
@@ -74,7 +85,7 @@ def test_stop_trial_stops_early(data_dir, tmp_cache):
     assert r.stopped_early and r.steps == 8 and [s for s, _ in r.evaluations] == [4, 8]
 
 
-def test_non_finite_loss_is_a_training_error_not_a_metric(data_dir, tmp_cache, monkeypatch):
+def test_non_finite_loss_is_a_training_error_not_a_metric(data_dir, shared_cache, monkeypatch):
     cfg = tiny_config(data_dir)
     good = prepare_assets(cfg)
     bad = replace(good, latents=torch.full_like(good.latents, float("nan")))
@@ -115,10 +126,10 @@ def test_default_proxy_separates_quality_and_fits_the_time_budget(preset_a):
 def test_increasing_budgets_improve_the_metric(preset_a):
     # The lr schedule is warm-up + constant and the RNG stream is per step, so an evaluation at step
     # k of a longer run equals a run with budget k (the multi-fidelity evaluations are true budgets).
-    cfg = replace(ProxyConfig(), steps=600, eval_at=(100, 300))
+    cfg = replace(ProxyConfig(), steps=360, eval_at=(40, 120))
     r = run_proxy(preset_a, cfg, seed=0)
     vals = [v for _, v in r.evaluations]
-    assert [s for s, _ in r.evaluations] == [100, 300, 600]
+    assert [s for s, _ in r.evaluations] == [40, 120, 360]
     assert vals[0] > vals[1] > vals[2], vals
 
 

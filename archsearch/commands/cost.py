@@ -31,7 +31,11 @@ def load_spec(source: str, preset: str | None, context_dim: int | None = None):
         if not preset:
             raise UserError("this is a search space: name one of its presets with --preset "
                             f"({', '.join(data['presets'] or {})})", file=source, key="--preset")
-        spec = SearchSpace.load(path).preset(preset)
+        from snapgen.presets import load_decoder_preset, load_preset
+
+        # The requested preset first (its own errors name it), then the whole space.
+        spec = (load_decoder_preset if data.get("kind") == "decoder" else load_preset)(path, preset)
+        SearchSpace.load(path)
     else:
         if preset:
             raise UserError("--preset needs a search-space file; this looks like a spec file", file=source,

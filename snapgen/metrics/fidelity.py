@@ -121,6 +121,12 @@ def frechet_distance(generated: torch.Tensor, reference: torch.Tensor, *, metric
         input2_cache_name=None if reference_key is None else f"{metric}-ref-{reference_key}",
     )
     # torch-fidelity prints a few progress lines to stdout even when quiet; keep stdout clean for --json.
-    with contextlib.redirect_stdout(io.StringIO()):
-        out = torch_fidelity.calculate_metrics(**kwargs)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            out = torch_fidelity.calculate_metrics(**kwargs)
+    except (OSError, RuntimeError) as e:
+        if metric == FID and weights_path is None:  # torch-fidelity's weight download failed (offline)
+            raise UserError(f"cannot fetch torch-fidelity's Inception weights ({type(e).__name__}); "
+                            "pass a local weights file (inception_weights)", key="inception_weights") from None
+        raise
     return float(out["frechet_inception_distance"])

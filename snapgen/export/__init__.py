@@ -1,0 +1,1 @@
+"""Export of trained (or preset) SnapGen models for deployment: Core ML packages."""
