@@ -23,6 +23,7 @@ def tmp_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SNAPGEN_CACHE", str(tmp_path / "cache"))
 
 
+@pytest.mark.slow  # trains four tiny classifiers (~20-50 s)
 def test_classifier_cached_and_invalidated(small_data, tmp_cache):
     train, test = small_data
     w1, r1 = metric_classifier(CFG, train, test)

@@ -41,6 +41,7 @@ def shared_cache(tmp_path_factory):
         proxy._ASSETS.clear()
 
 
+@pytest.mark.slow  # ~30-70 s on the shared 2-core machine: builds the tiny assets three times
 def test_same_seed_same_metric_and_caches_reused(data_dir, tmp_cache):
     cfg = tiny_config(data_dir, eval_at=(4,))
     seen = []
