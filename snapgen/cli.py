@@ -7,6 +7,9 @@ from snapgen.clikit import run_cli
 
 COMMANDS = {
     "proxy": "train an architecture small and short on the proxy task and print its quality metric",
+    "train": "train a stage (base | kd | step_distill | decoder) from a config (archsearch promote writes one)",
+    "sample": "sample a trained model: class names or prompts -> a PNG grid (steps, CFG, seed)",
+    "eval": "the proxy quality metric of a trained model (snapgen train output_dir or model directory)",
     "export": "export a preset or checkpoint (UNet + decoder) to Core ML .mlpackage files (fp16, ANE-friendly attention)",
 }
 

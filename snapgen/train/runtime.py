@@ -1,0 +1,135 @@
+"""Where a run executes: device, DDP process group (torchrun), autocast, the run directory's logs."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from snapgen.cache import atomic_write_json
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            x = x.to(self.device)
+            dist.all_reduce(x)
+        return x
+
+    def barrier(self):
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self):
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name == "cuda":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device(name)
+
+
+def setup(device: str = "auto", *, nested: bool = False) -> Dist:
+    """torchrun sets WORLD_SIZE/RANK: join (or create) the process group; gloo on CPU, nccl on CUDA.
+    ``nested`` runs (the embedded teacher built inside another run) stay single-process."""
+    dev = pick_device(device)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if nested or world <= 1:
+        return Dist(0, 1, dev)
+    owns = False
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        owns = True
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return Dist(dist.get_rank(), dist.get_world_size(), dev, owns)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; full precision elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class RunLog:
+    """stats.jsonl (one JSON object per logged step; truncated to the resumed step on resume),
+    TensorBoard when installed, and a tqdm bar. Only the main rank writes."""
+
+    def __init__(self, out: Path, *, enabled: bool, total: int, start: int, desc: str, progress: bool):
+        from tqdm import tqdm
+
+        self.enabled = enabled
+        self.path = out / "stats.jsonl"
+        self.tb = None
+        if enabled:
+            out.mkdir(parents=True, exist_ok=True)
+            rows = []
+            if self.path.is_file():
+                for line in self.path.read_text().splitlines():
+                    try:
+                        r = json.loads(line)
+                    except ValueError:
+                        continue  # a line cut by a kill
+                    if r.get("step", 0) <= start:
+                        rows.append(line)
+            self.path.write_text("".join(r + "\n" for r in rows))
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1)
+            except Exception:  # tensorboard not installed
+                self.tb = None
+        self.bar = tqdm(total=total, initial=start, desc=desc, file=sys.stderr, mininterval=1.0, leave=False,
+                        disable=not (enabled and progress))
+        self.t0 = time.perf_counter()
+
+    def step(self, n: int = 1, **postfix):
+        self.bar.update(n)
+        if postfix:
+            self.bar.set_postfix({k: f"{v:.4f}" for k, v in postfix.items()}, refresh=False)
+
+    def write(self, row: dict):
+        if not self.enabled:
+            return
+        row = {"step": row["step"], **{k: v for k, v in row.items() if k != "step"},
+               "wall_s": round(time.perf_counter() - self.t0, 3)}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def close(self):
+        self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def write_json(path: Path, obj) -> None:
+    atomic_write_json(path, obj)
