@@ -38,9 +38,20 @@ COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 3
 
 
+MAX_FREE_PER_TRIAL = 10  # at most this many uncounted (invalid or repeated) samples per counted trial
+
+
+def is_free(t) -> bool:
+    """Samples that cost nothing and do not use up the budget: an architecture that cannot be built
+    (PRUNED in a second) or one already evaluated (values reused)."""
+    return "invalid" in t.user_attrs or "duplicate_of" in t.user_attrs
+
+
 def is_counted(t) -> bool:
-    """Trials that use up the budget: finished ones, and failures with a reason (not stale/killed ones,
-    which are re-run)."""
+    """Trials that use up the budget (``n_trials`` = architectures evaluated): finished ones and failures
+    with a reason; not invalid or repeated samples, not stale/killed trials (they are re-run)."""
+    if is_free(t):
+        return False
     return t.state in COUNTED or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)
 
 
@@ -138,6 +149,17 @@ class TrialRunner:
         return synthetic_quality(spec, metrics["params"], evals=sy.evals, seconds_per_eval=sy.seconds_per_eval,
                                  seed=self.cfg.seed, on_eval=on_eval)
 
+    def check_proxy_size(self, spec) -> None:
+        """A full-size architecture whose proxy-scaled copy cannot be built (heads no longer divide the
+        narrower channels...) cannot be scored: it is invalid for this study, like an unbuildable one."""
+        if self.quality != "fid":
+            return
+        c = self.proxy_cfg
+        try:
+            spec.scaled(c.width_mult, c.depth_mult, head_dim=c.head_dim, norm_groups=c.norm_groups)
+        except UserError as e:
+            raise InvalidArchitecture(f"at proxy size (width_mult={c.width_mult}): {e.message}", key=e.key) from None
+
     # ---- one trial ---------------------------------------------------------------------------
     def record(self, trial, state, spec=None, **extra) -> None:
         t = self.ostudy._storage.get_trial(trial._trial_id)
@@ -158,9 +180,11 @@ class TrialRunner:
         t_start = time.perf_counter()
         try:
             spec = self.study.space.sample(trial)
+            self.check_proxy_size(spec)
         except InvalidArchitecture as e:
             reason = f"invalid architecture: {e.line()}"
             trial.set_user_attr("pruned_reason", reason)
+            trial.set_user_attr("invalid", True)
             self.ostudy.tell(trial, state=TrialState.PRUNED)
             self.record(trial, "PRUNED")
             return TrialState.PRUNED, None, reason
@@ -272,6 +296,10 @@ def run_worker(study, *, workers: int = 1, progress: bool = True, deadline: floa
                 bar.refresh()
                 if done >= n:
                     break
+                free = sum(map(is_free, trials))
+                if free > MAX_FREE_PER_TRIAL * n:
+                    raise UserError(f"{free} samples were invalid or repeated architectures for {done} evaluated ones; "
+                                    "the space is too constrained or exhausted", file=str(study.file), key="space")
                 trial = None
                 if done + running < n:
                     trial = ostudy.ask()
