@@ -3,7 +3,7 @@
 Both train the same proxy-sized model on the same cached latents with the same objective
 (rectified flow, logit-normal t, CFG condition dropout, AdamW, EMA), same seed and thread count;
 the bare loop is the textbook few lines with nothing around them (no progress bar, no checks, no
-callbacks). Runs alternate (ours, bare, ours, bare, ...) so that load on a shared machine hits
+callbacks). Runs alternate (ours, bare, bare, ours, ...) so that load on a shared machine hits
 both alike; the best round of each is reported. Needs warm caches (run ``snapgen proxy`` once).
 
     python benches/proxy_throughput.py [--preset a] [--steps 60] [--rounds 3]
@@ -53,7 +53,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="a")
     ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -66,8 +66,12 @@ def main() -> None:
         raise SystemExit("this bench's bare loop does not feed pooled embeddings; pick a preset without pooled_dim")
     ours, bare = [], []
     for r in range(args.rounds):
-        ours.append(run_proxy(spec, cfg, seed=0).images_per_second)  # train-loop images/s (eval excluded)
-        bare.append(bare_loop(pspec, assets, cfg, args.steps, seed=0))
+        # swap the order every round so that neither loop always runs first (warm-up, load drift)
+        for which in (("ours", "bare") if r % 2 == 0 else ("bare", "ours")):
+            if which == "ours":
+                ours.append(run_proxy(spec, cfg, seed=0).images_per_second)  # train-loop img/s (eval excluded)
+            else:
+                bare.append(bare_loop(pspec, assets, cfg, args.steps, seed=0))
         print(f"round {r + 1}: ours {ours[-1]:8.1f} img/s   bare {bare[-1]:8.1f} img/s", flush=True)
     o, b = max(ours), max(bare)
     print(f"preset {args.preset} at proxy size ({sum(p.numel() for p in SnapGenUNet.from_spec(pspec).parameters()) / 1e6:.2f}M "
