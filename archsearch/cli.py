@@ -14,6 +14,7 @@ COMMANDS = {
     "pareto": "the Pareto front of a study and its hypervolume against the stated reference point",
     "dashboard": "one self-contained HTML dashboard of a study (Plotly)",
     "export": "every trial of a study as CSV or Parquet (pandas)",
+    "promote": "write the `snapgen train` config (ArchSpec + provenance) of a chosen trial: --trial N, --pick knee, --pick 'min M where M2 <= X'",
     "ablate": "a declarative ablation (cumulative ladder or one-at-a-time variants), >= 2 seeds each",
 }
 

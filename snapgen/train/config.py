@@ -48,8 +48,8 @@ class TeacherSection:
     subfolder: Optional[str] = None  # e.g. "transformer" inside a pipeline repository
     # the embedded default teacher: a larger SD3-style transformer trained on the proxy by `snapgen train`
     # itself (stage=base, backbone=sd3-transformer) and cached by its configuration
-    steps: int = 1500
-    batch_size: int = 64
+    steps: int = 800
+    batch_size: int = 32
     lr: float = 1e-3
     sd3: Dict[str, Any] = field(default_factory=dict)  # SD3Transformer2DModel config overrides
 

@@ -93,11 +93,17 @@ def teacher_config(cfg: TrainConfig) -> TrainConfig:
     from snapgen.train.config import EvalSection, TrainSection
 
     t = cfg.teacher
-    return TrainConfig(stage="base", backbone="sd3-transformer", sd3=dict(t.sd3), proxy=dict(cfg.proxy),
+    proxy = {k: v for k, v in dict(cfg.proxy).items() if k not in _STUDENT_ONLY}
+    return TrainConfig(stage="base", backbone="sd3-transformer", sd3=dict(t.sd3), proxy=proxy,
                        output_dir="", train=TrainSection(steps=t.steps, batch_size=t.batch_size, lr=t.lr,
                                                          ckpt_every=250, progress=cfg.train.progress,
                                                          threads=cfg.train.threads, device=cfg.train.device),
-                       eval=EvalSection(num_samples=cfg.eval.num_samples))
+                       eval=EvalSection(num_samples=500))
+
+
+# proxy keys that shape the student or its evaluation, not the teacher's data
+_STUDENT_ONLY = ("width_mult", "depth_mult", "head_dim", "norm_groups", "num_samples", "sample_steps", "cfg_scale",
+                 "sampler", "eval_every", "eval_at", "progress", "threads", "steps", "batch_size", "lr")
 
 
 def embedded_teacher(cfg: TrainConfig) -> Path:
