@@ -216,9 +216,9 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
                         key="train.batch_size")
     pc = proxy_config(cfg)
     state = ckpt.latest(out, stage=cfg.stage)  # a corrupt/foreign checkpoint stops here, nothing written
-    assets = prepare_assets(pc)
     need_teacher = cfg.stage == "step_distill" or (cfg.stage == "kd" and cfg.kd.mode != "none")
     teacher = resolve_teacher(cfg, pc, dist).to(dist.device) if need_teacher else None
+    assets = prepare_assets(pc)
 
     torch.manual_seed(cfg.train.seed)
     net = build_backbone(cfg, assets, pc)

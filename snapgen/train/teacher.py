@@ -117,11 +117,17 @@ def _from_pretrained(cls_name: str | None, src: str, subfolder: str | None, *, l
     cls = SnapGenUNet if cls_name == "SnapGenUNet" else getattr(diffusers, cls_name or "", None)
     if cls is None:
         raise UserError(f"unknown model class {cls_name!r} in config.json", file=src, key="teacher.path")
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()  # no "accelerate not found" advice on every load
     try:
         return cls.from_pretrained(src, subfolder=subfolder, local_files_only=local)
     except (OSError, ValueError, RuntimeError, EnvironmentError) as e:
         raise UserError(f"cannot load {cls_name}: {str(e).splitlines()[0][:300]}", file=src,
                         key="teacher.path") from None
+    finally:
+        dlogging.set_verbosity(level)
 
 
 def load_teacher(path: str, subfolder: str | None = None) -> Teacher:
