@@ -25,6 +25,8 @@ def add_arguments(p):
     p.add_argument("--validate", metavar="TABLE", help="validate TABLE instead of calibrating")
     p.add_argument("--n", type=int, default=20, help="held-out architectures for --validate (default 20)")
     p.add_argument("--seed", type=int, default=1234, help="sampling seed of the held-out set (default 1234)")
+    p.add_argument("--shard", default="0/1", help="with --validate: measure only architectures i %% N == K (K/N), "
+                                                  "for several processes sharing -o")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -40,13 +42,21 @@ def run(args):
         if args.validate:
             if args.n < 1:
                 raise UserError(f"must be >= 1, got {args.n}", key="--n")
+            try:
+                k, m = (int(x) for x in args.shard.split("/"))
+                assert 0 <= k < m
+            except (ValueError, AssertionError):
+                raise UserError(f"must be K/N with 0 <= K < N, got {args.shard!r}", key="--shard") from None
+            if m > 1 and not args.out:
+                raise UserError("shards share their measurements through -o FILE", key="--shard")
             rep = validate(space, args.validate, backend, n=args.n, seed=args.seed, out=args.out,
-                           progress=not args.no_progress, context_len=args.context_len)
+                           progress=not args.no_progress, context_len=args.context_len, shard=(k, m))
             if args.json:
                 print(json.dumps(rep.to_dict()))
                 return 0
             print(f"table {args.validate} vs measured, {rep.n} held-out architectures of {args.space} "
-                  f"(seed {args.seed}), latent {rep.latent_size}, {rep.backend} {rep.device}, {rep.threads} threads")
+                  f"(seed {args.seed}), latent {rep.latent_size}, {rep.backend} {rep.device}, {rep.threads} threads, "
+                  f"{rep.clock} clock")
             print(f"  {'#':>3}{'predicted ms':>14}{'measured ms':>14}{'error':>9}")
             for r in rep.rows:
                 print(f"  {r['index']:>3}{r['predicted_ms']:14.1f}{r['measured_ms']:14.1f}{r['pct_error']:8.1f}%")
@@ -64,13 +74,13 @@ def run(args):
     summary = {"table": args.out, "units": len(table.entries), "probes": len(table.probes),
                "seconds_this_run": round(took, 1), "seconds_total": round(table.seconds, 1),
                "corrections": table.corrections(), **{k: table.header[k] for k in (
-                   "backend", "device", "threads", "latent_size", "calib_latent")}}
+                   "backend", "device", "threads", "clock", "latent_size", "calib_latent")}}
     if args.json:
         print(json.dumps(summary))
     else:
         print(f"wrote {args.out}: {summary['units']} units + {summary['probes']} probes, {args.space} "
               f"({table.header['space']['kind']}), {summary['backend']} {summary['device']}, {summary['threads']} "
-              f"threads; timed at latent {calib}, predicting latent {args.latent_size}; "
+              f"threads, {summary['clock']} clock; timed at latent {calib}, predicting latent {args.latent_size}; "
               f"{took / 60:.1f} min this run, {table.seconds / 60:.1f} min in all")
         for c, v in sorted(summary["corrections"].items()):
             print(f"  scale correction {c:<26} x{v:.3f}")

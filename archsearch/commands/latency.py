@@ -27,13 +27,15 @@ def add_backend_arguments(p):
     p.add_argument("--threads", type=int, help="intra-op threads, fixed and recorded (default: torch's, = cores)")
     p.add_argument("--compile", action="store_true", help="torch backend: time torch.compile'd modules")
     p.add_argument("--dtype", default="float32", help="torch backend: float32 | float16 | bfloat16")
+    p.add_argument("--clock", default="wall", help="wall (default: latency) | cpu (process CPU time: robust on a "
+                                                   "shared machine; = wall with --threads 1 on an idle core)")
 
 
 def backend_from_args(args):
     from archsearch.latency.backends import get_backend
 
     return get_backend(args.backend, args.device, threads=args.threads, mode="compile" if args.compile else "eager",
-                       dtype=args.dtype)
+                       dtype=args.dtype, clock=args.clock)
 
 
 def resolve_spec(spec_path: str | None, preset: str | None, space: str | None):
@@ -85,7 +87,7 @@ def run(args):
         print(json.dumps(res.to_dict()))
         return 0
     print(f"{res.kind} {res.name}: backend {res.backend} ({res.mode}), device {res.device}, {res.threads} threads, "
-          f"{res.dtype}, latent {res.latent_size}x{res.latent_size}, batch 1")
+          f"{res.dtype}, {res.clock} clock, latent {res.latent_size}x{res.latent_size}, batch 1")
     if not res.timed:
         print(f"  latency: not timed — {res.note}")
         return 0

@@ -59,13 +59,19 @@ class Backend:
     name = "base"
 
     def __init__(self, device: str | None = None, *, threads: int | None = None, mode: str = "eager",
-                 dtype: str = "float32"):
+                 dtype: str = "float32", clock: str = "wall"):
         self.threads = int(threads) if threads else default_threads()
         if self.threads <= 0:
             raise UserError(f"must be a positive integer, got {threads}", key="--threads")
         self.mode = mode
         self.dtype = dtype
         self.device = self._check_device(device)
+        if clock not in ("wall", "cpu"):
+            raise UserError(f"unknown clock {clock!r}; allowed: wall, cpu", key="--clock")
+        if clock == "cpu" and (self.name != "torch" or self.device != "cpu"):
+            raise UserError("--clock cpu (process CPU time) is for the torch backend on --device cpu only",
+                            key="--clock")
+        self.clock = clock
 
     # -- overridden ---------------------------------------------------------------------------
     def _check_device(self, device: str | None) -> str:
@@ -81,7 +87,7 @@ class Backend:
     # -- shared -------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "device": self.device, "mode": self.mode, "threads": self.threads,
-                "dtype": self.dtype}
+                "dtype": self.dtype, "clock": self.clock}
 
 
 class TorchBackend(Backend):
@@ -187,7 +193,7 @@ _BACKENDS = {"torch": TorchBackend, "coreml": CoreMLBackend}
 
 
 def get_backend(name: str, device: str | None = None, *, threads: int | None = None, mode: str = "eager",
-                dtype: str = "float32") -> Backend:
+                dtype: str = "float32", clock: str = "wall") -> Backend:
     if name not in _BACKENDS:
         raise UserError(f"unknown backend {name!r}; allowed: {', '.join(BACKENDS)}", key="--backend")
-    return _BACKENDS[name](device, threads=threads, mode=mode, dtype=dtype)
+    return _BACKENDS[name](device, threads=threads, mode=mode, dtype=dtype, clock=clock)

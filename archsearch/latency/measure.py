@@ -25,6 +25,7 @@ class LatencyResult:
     mode: str
     threads: int
     dtype: str
+    clock: str
     latent_size: int
     batch: int
     timed: bool
@@ -56,7 +57,7 @@ def _check_latent(latent_size: int, spec) -> None:
 def measure_latency(spec, backend: str | Backend = "torch", device: str | None = None, latent_size: int = 128, *,
                     context_len: int = 77, threads: int | None = None, mode: str = "eager", dtype: str = "float32",
                     policy: TimingPolicy | None = None, breakdown: bool = True, breakdown_runs: int | None = None,
-                    model=None) -> LatencyResult:
+                    model=None, clock: str = "wall") -> LatencyResult:
     """Measure one forward pass (batch 1) of the UNet or decoder described by ``spec``.
 
     The end-to-end number comes from plain runs (no hooks); the per-stage breakdown from a
@@ -65,7 +66,7 @@ def measure_latency(spec, backend: str | Backend = "torch", device: str | None =
     from ``median_ms`` by the glue between blocks (skip concatenations) and hook overhead.
     """
     be = backend if isinstance(backend, Backend) else get_backend(backend, device, threads=threads, mode=mode,
-                                                                    dtype=dtype)
+                                                                    dtype=dtype, clock=clock)
     _check_latent(latent_size, spec)
     inputs, names = example_inputs(spec, latent_size, context_len)
     with torch_threads(be.threads):
@@ -73,14 +74,14 @@ def measure_latency(spec, backend: str | Backend = "torch", device: str | None =
         prep = be.prepare(module, inputs, names)
     info = machine_info()
     common = dict(name=getattr(spec, "name", "custom"), kind=spec_kind(spec), backend=be.name, device=be.device,
-                  mode=be.mode, threads=be.threads, dtype=be.dtype, latent_size=latent_size, batch=1)
+                  mode=be.mode, threads=be.threads, dtype=be.dtype, clock=be.clock, latent_size=latent_size, batch=1)
     if prep.fn is None:
         return LatencyResult(**common, timed=False, median_ms=None, note=prep.note, machine=info)
-    t: Timing = time_callable(prep.fn, policy, threads=be.threads, sync=prep.sync)
+    t: Timing = time_callable(prep.fn, policy, threads=be.threads, sync=prep.sync, clock=be.clock)
     per_stage: dict[str, float] = {}
     if breakdown and prep.module is not None:
         runs = breakdown_runs or (1 if t.median_ms > 2000 else 3)
-        timer = StageTimer(stage_groups(prep.module), sync=prep.sync)
+        timer = StageTimer(stage_groups(prep.module), sync=prep.sync, clock=be.clock)
         samples: dict[str, list[float]] = {k: [] for k in timer.totals}
         try:
             with torch_threads(be.threads):

@@ -84,10 +84,10 @@ class StageTimer:
     """Forward hooks that add up wall-clock time per stage group (synchronising the device at
     each block boundary, so it runs in a separate pass from the end-to-end timing)."""
 
-    def __init__(self, groups: dict[str, list[tuple[str, nn.Module]]], sync=lambda: None):
+    def __init__(self, groups: dict[str, list[tuple[str, nn.Module]]], sync=lambda: None, clock: str = "wall"):
         import time
 
-        self._clock = time.perf_counter
+        self._clock = time.process_time if clock == "cpu" else time.perf_counter
         self.sync = sync
         self.totals: dict[str, float] = {k: 0.0 for k in groups}
         self._start: dict[int, float] = {}

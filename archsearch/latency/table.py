@@ -46,6 +46,10 @@ UNIT_POLICY = TimingPolicy(warmup=1, min_repeats=2, max_repeats=7, min_time_s=0.
                            rel_iqr=0.1)
 E2E_POLICY = TimingPolicy(warmup=1, min_repeats=3, max_repeats=10, min_time_s=0.5, max_time_s=60.0, rel_tol=0.02,
                           rel_iqr=0.1)
+# Validation at the target latent: whole UNets take tens of seconds each on a laptop CPU; 2-3 runs
+# after a warm-up (the CPU clock is stable to a few percent; the wall clock needs --max-repeats).
+VALIDATE_POLICY = TimingPolicy(warmup=1, min_repeats=2, max_repeats=3, min_time_s=0.0, max_time_s=60.0, rel_tol=0.02,
+                               rel_iqr=0.05)
 
 
 # ---- the search space a table belongs to ---------------------------------------------------------
@@ -125,8 +129,8 @@ class LatencyTable:
 
     def check_backend(self, backend: Backend) -> None:
         h = self.header
-        for k in ("backend", "device", "mode", "threads", "dtype"):
-            mine, want = h.get(k), backend.describe()[k]
+        for k in ("backend", "device", "mode", "threads", "dtype", "clock"):
+            mine, want = h.get(k, "wall" if k == "clock" else None), backend.describe()[k]
             if mine != want:
                 raise UserError(f"table was calibrated with {k}={mine!r}, not {want!r}", file=str(self.path),
                                 key=f"--{k}" if k not in ("mode",) else "--compile")
@@ -186,8 +190,8 @@ class LatencyModel:
     @classmethod
     def measuring(cls, backend: str = "torch", device: str | None = None, *, threads: int | None = None,
                   mode: str = "eager", dtype: str = "float32", context_len: int = 77,
-                  policy: TimingPolicy | None = None) -> "LatencyModel":
-        be = get_backend(backend, device, threads=threads, mode=mode, dtype=dtype)
+                  policy: TimingPolicy | None = None, clock: str = "wall") -> "LatencyModel":
+        be = get_backend(backend, device, threads=threads, mode=mode, dtype=dtype, clock=clock)
         if not be.can_time:
             raise UserError(f"the {be.name} backend cannot time on this machine (Core ML predictions need macOS); "
                             "use a table calibrated on a Mac", key="latency.backend")
@@ -201,8 +205,8 @@ class LatencyModel:
         if self.table:
             h = self.table.header
             return {"mode": "table", "path": str(self.table.path), **{k: h.get(k) for k in (
-                "backend", "device", "threads", "latent_size", "calib_latent", "space")}}
-        return {"mode": "measure", **self.backend.describe()}
+                "backend", "device", "threads", "clock", "latent_size", "calib_latent", "space")}}
+        return {**self.backend.describe(), "mode": "measure", "torch_mode": self.backend.mode}
 
     def predict(self, spec, latent_size: int | None = None) -> float:
         """Latency in ms of one forward pass (batch 1) at ``latent_size`` (default: the table's)."""
@@ -249,7 +253,7 @@ def _measure_unit(unit: dict, latent: int, target: int, backend: Backend, policy
     if prep.fn is None:
         raise UserError(f"the {backend.name} backend cannot time on this machine: {prep.note}", key="--backend")
     with attention_core_removed(unit["u"] == "sa"):
-        t = time_callable(prep.fn, policy, threads=backend.threads, sync=prep.sync)
+        t = time_callable(prep.fn, policy, threads=backend.threads, sync=prep.sync, clock=backend.clock)
     return {"ms": t.median_ms, "at": latent, "iqr": t.iqr_ms, "n": t.repeats}
 
 
@@ -293,6 +297,9 @@ def calibrate(space, backend: Backend, out: str | Path, *, latent_size: int = 12
     out = Path(out)
     header = _header(space, backend, latent_size, calib_latent, context_len)
     if out.exists() and out.stat().st_size > 0:
+        text = out.read_text()
+        if not text.endswith("\n"):  # killed mid-write: drop the partial last line before appending
+            out.write_text(text[:text.rfind("\n") + 1])
         table = LatencyTable.read(out)
         table.check_space(space)
         table.check_backend(backend)
@@ -344,6 +351,7 @@ class ValidationReport:
     backend: str
     device: str
     threads: int
+    clock: str
     rows: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -352,10 +360,12 @@ class ValidationReport:
 
 def validate(space, table_path: str | Path, backend: Backend, *, n: int = 20, seed: int = 1234,
              out: str | Path | None = None, policy: TimingPolicy | None = None, progress: bool = True,
-             context_len: int | None = None) -> ValidationReport:
+             context_len: int | None = None, shard: tuple[int, int] = (0, 1)) -> ValidationReport:
     """Compare table predictions with end-to-end measurements on ``n`` random held-out
     architectures of ``space`` (``space.sample_random(n, seed)``), at the table's latent size.
-    With ``out``, each measured architecture is appended there and skipped when re-run."""
+    With ``out``, each measured architecture is appended there and skipped when re-run;
+    ``shard=(k, n)`` measures only architectures ``i % n == k`` (several processes sharing ``out``;
+    a last run without a shard reports all of them)."""
     from scipy.stats import spearmanr
     from tqdm import tqdm
 
@@ -369,9 +379,11 @@ def validate(space, table_path: str | Path, backend: Backend, *, n: int = 20, se
     done: dict[str, dict] = {}
     if out and Path(out).is_file():
         for line in Path(out).read_text().splitlines():
-            if line.strip():
+            try:
                 r = json.loads(line)
-                done[r["spec_key"]] = r
+            except json.JSONDecodeError:  # a partial line from a killed run
+                continue
+            done[r["spec_key"]] = r
     rows = []
     t_pred = []
     fh = open(out, "a") if out else None
@@ -383,9 +395,11 @@ def validate(space, table_path: str | Path, backend: Backend, *, n: int = 20, se
             skey = hashlib.sha256(spec.to_json(sort_keys=True).encode()).hexdigest()[:16] + f"@{L}"
             if skey in done:
                 row = dict(done[skey], predicted_ms=pred)
+            elif i % shard[1] != shard[0]:
+                continue
             else:
                 res = measure_latency(spec, backend, latent_size=L, context_len=context_len or lm.context_len,
-                                      policy=policy or E2E_POLICY, breakdown=False)
+                                      policy=policy or VALIDATE_POLICY, breakdown=False)
                 row = {"spec_key": skey, "index": i, "measured_ms": res.median_ms, "iqr_ms": res.iqr_ms,
                        "repeats": res.repeats, "loadavg_1m": res.machine.get("loadavg_1m"), "spec": spec.to_dict()}
                 if fh:
@@ -406,4 +420,5 @@ def validate(space, table_path: str | Path, backend: Backend, *, n: int = 20, se
                             p90_abs_pct_error=float(np.percentile(np.abs(err), 90)),
                             max_abs_pct_error=float(np.max(np.abs(err))), mean_pct_error=float(np.mean(err)),
                             spearman=rho, predict_ms_per_trial=float(np.median(t_pred) * 1e3), latent_size=L,
-                            backend=bd["backend"], device=bd["device"], threads=bd["threads"], rows=rows)
+                            backend=bd["backend"], device=bd["device"], threads=bd["threads"], clock=bd["clock"],
+                            rows=rows)

@@ -62,8 +62,15 @@ def _load_checkpoint(path: str):
     return unet.eval(), (decoder.eval() if decoder is not None else None)
 
 
+def _check_latents(spec, decoder_latent_channels: int, dec_name: str) -> None:
+    if decoder_latent_channels != spec.latent_channels:
+        raise UserError(f"decoder {dec_name!r} decodes {decoder_latent_channels}-channel latents but UNet {spec.name!r} "
+                        f"makes {spec.latent_channels}: pick a matching --decoder (sdxl: 4, sd3/tiny: 16) or 'none'",
+                        key="--decoder")
+
+
 def run(args):
-    from snapgen.decoder import AutoencoderKLSpec, build_decoder
+    from snapgen.decoder import build_decoder
     from snapgen.presets import load_decoder_preset, load_preset
     from snapgen.unet import SnapGenUNet
 
@@ -80,25 +87,22 @@ def run(args):
         raise UserError("--space goes with --preset", key="--space")
     weights = "random (preset)"
     if args.preset:
-        unet = SnapGenUNet.from_spec(load_preset(args.space, args.preset)).eval()
-        decoder, dec_name, dec_arch = None, None, None
-        if args.decoder != "none":
-            dspec = load_decoder_preset(args.decoder_space, args.decoder)
-            decoder, dec_name = build_decoder(dspec).eval(), args.decoder
-            dec_arch = dspec.to_dict()
+        spec = load_preset(args.space, args.preset)
+        dspec = None if args.decoder == "none" else load_decoder_preset(args.decoder_space, args.decoder)
+        dec_name = None if dspec is None else args.decoder
+        dec_arch = None if dspec is None else dspec.to_dict()
+        if dspec is not None:
+            _check_latents(spec, dspec.latent_channels, dec_name)  # before building anything large
+        unet = SnapGenUNet.from_spec(spec).eval()
+        decoder = None if dspec is None else build_decoder(dspec).eval()
     else:
         unet, decoder = _load_checkpoint(args.checkpoint)
+        spec = unet.spec
         weights = f"checkpoint {args.checkpoint}"
         dec_name = "decoder" if decoder is not None else None
         dec_arch = decoder.spec.to_dict() if decoder is not None else None
-    spec = unet.spec
-    if decoder is not None:
-        dec_lc = decoder.spec.latent_channels if hasattr(decoder, "spec") else AutoencoderKLSpec(
-            config=dict(dec_arch.get("autoencoder_kl", {}))).latent_channels
-        if dec_lc != spec.latent_channels:
-            raise UserError(f"decoder {dec_name!r} decodes {dec_lc}-channel latents but UNet {spec.name!r} makes "
-                            f"{spec.latent_channels}: pick a matching --decoder (sdxl: 4, sd3/tiny: 16) or 'none'",
-                            key="--decoder")
+        if decoder is not None:
+            _check_latents(spec, decoder.spec.latent_channels, dec_name)
     out = Path(args.out)
     kw = dict(precision=args.precision, target=args.target, palettize_bits=args.palettize)
     t0 = time.perf_counter()

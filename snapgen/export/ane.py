@@ -160,13 +160,13 @@ class ANESpatialTransformer(nn.Module):
     def forward(self, x, context=None, temb=None):
         if self.shortcut is not None:
             x = self.shortcut(x)
-        b, c, h, w = x.shape
         res = x
-        t = self.proj_in(self.norm(x).reshape(b, c, 1, h * w))
+        # flatten/unsqueeze rather than reshape(b, c, 1, h * w): coremltools cannot fold the traced h * w.
+        t = self.proj_in(self.norm(x).flatten(2).unsqueeze(2))
         ctx = context.transpose(1, 2).unsqueeze(2) if context is not None else None  # (B, D, 1, Lc)
         for blk in self.blocks:
             t = blk(t, ctx)
-        return self.proj_out(t).reshape(b, c, h, w) + res
+        return self.proj_out(t).squeeze(2).unflatten(2, res.shape[2:]) + res
 
 
 def ane_layout(model: nn.Module, example_inputs: tuple) -> nn.Module:
