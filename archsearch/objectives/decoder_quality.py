@@ -33,6 +33,7 @@ class DecoderProxyConfig:
     width_mult: float = 0.25
     norm_groups: int = 8
     num_samples: int = 500  # held-out images for the PSNR
+    train_images: int = 0  # 0: the whole training split; else its first N (autoencoder and decoder)
     eval_every: int = 100
     data_path: str | None = None
     ae: AEConfig = field(default_factory=lambda: AEConfig(block_out_channels=(16, 32, 32, 32)))
@@ -79,12 +80,17 @@ class DecoderResult:
 
 
 @lru_cache(maxsize=2)
-def _assets(data_path, ae: AEConfig, n_eval: int):
+def _assets(data_path, ae: AEConfig, n_eval: int, n_train: int = 0):
     """(train latents, train images, held-out latents, held-out images), images in [-1, 1] at the AE resolution."""
     from snapgen.autoencoder import cached_latents, proxy_autoencoder
+    from snapgen.cache import combine
     from snapgen.data import fashion_mnist
+    from snapgen.data.base import LabelledImages
 
     train, test = fashion_mnist.load("train", data_path), fashion_mnist.load("test", data_path)
+    if 0 < n_train < len(train):
+        train = LabelledImages(train.images[:n_train], train.labels[:n_train], train.class_names,
+                               combine(train.content_hash, f"first{n_train}"), train.source)
     codec = proxy_autoencoder(ae, train, test)
     lat, _ = cached_latents(codec, train)
     # Latents of the held-out images: small, encoded here (posterior means, as for the training set).
@@ -114,7 +120,7 @@ def decoder_quality(spec, cfg: DecoderProxyConfig, *, seed: int,
         torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
     try:
-        lat, images, held_lat, held_img, codec = _assets(cfg.data_path, cfg.ae, cfg.num_samples)
+        lat, images, held_lat, held_img, codec = _assets(cfg.data_path, cfg.ae, cfg.num_samples, cfg.train_images)
         if codec.downsample != spec.upscale:
             raise UserError(f"the proxy autoencoder downsamples by {codec.downsample} but the decoder upsamples by "
                             f"{spec.upscale}; set proxy.ae.block_out_channels to {len(spec.channels)} blocks",

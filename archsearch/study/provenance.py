@@ -69,6 +69,8 @@ def write_trial(out_dir: Path, number: int, record: dict, spec=None) -> Path:
     d = out_dir / "trials" / str(number)
     d.mkdir(parents=True, exist_ok=True)
     if spec is not None:
-        atomic_write_bytes(d / "spec.yaml", spec.to_yaml().encode())
+        import yaml
+
+        atomic_write_bytes(d / "spec.yaml", yaml.safe_dump(spec.to_dict(), sort_keys=False).encode())
     atomic_write_json(d / "trial.json", record)
     return d
