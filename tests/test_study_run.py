@@ -150,3 +150,16 @@ def test_local_workers_on_a_journal_file(tiny_study, tmp_path):
     assert len(workers) == 2, workers
     logs = sorted((tmp_path / "run" / "logs").glob("worker-*.log"))
     assert len(logs) == 2
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "nsga3", "gp", "grid"])  # tpe, random: above
+def test_every_sampler_runs(sampler, tiny_study, tmp_path, monkeypatch):
+    from archsearch.study.runner import run_study
+    from archsearch.study.schema import load_study
+
+    monkeypatch.chdir(tmp_path)
+    study = load_study(tiny_study(n_trials=3), [f"sampler.name={sampler}", "sampler.options={}", "sampler.seed=1"])
+    run_study(study, progress=False, finish=False)
+    trials = _trials(tmp_path / "run")
+    assert sum(t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs for t in trials) + sum(
+        t.state == TrialState.PRUNED and "invalid" not in t.user_attrs for t in trials) == 3

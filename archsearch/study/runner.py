@@ -425,8 +425,10 @@ def _run_local_workers(study, workers: int, progress: bool, deadline) -> None:
                     bar.write(f"[trial {t.number}] {t.state.name:8s} " + (
                         format_values(study, t.values) if t.values else
                         t.user_attrs.get("pruned_reason") or t.user_attrs.get("fail_reason") or ""))
-            bar.n = min(sum(map(is_counted, ostudy.get_trials(deepcopy=False))), study.cfg.n_trials)
-            bar.refresh()
+            n_done = min(sum(map(is_counted, ostudy.get_trials(deepcopy=False))), study.cfg.n_trials)
+            if n_done != bar.n:
+                bar.n = n_done
+                bar.refresh()
             if not alive:
                 break
             time.sleep(2)
