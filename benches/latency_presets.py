@@ -27,7 +27,8 @@ def main(argv=None):
     ap.add_argument("--decoder-latents", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--big-decoder-latent", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=1, help="timed runs after one warm-up (default 1)")
-    ap.add_argument("--unets", default="abcdef")
+    ap.add_argument("--unets", default="abcdef", help="UNet presets, e.g. abcdef ('' for none)")
+    ap.add_argument("--decoders", default="tiny,sd3,sdxl", help="decoder presets ('' for none)")
     ap.add_argument("--out")
     a = ap.parse_args(argv)
     pol = TimingPolicy(warmup=1, min_repeats=a.repeats, max_repeats=a.repeats, min_time_s=0.0, max_time_s=1e9)
@@ -48,9 +49,11 @@ def main(argv=None):
 
     for n in a.unets:
         run(load_preset(None, n), "unet", a.unet_latent)
-    for lat in a.decoder_latents:
-        run(load_decoder_preset(None, "tiny"), "decoder", lat)
-    for n in ("sd3", "sdxl"):
+    decs = [d for d in a.decoders.split(",") if d]
+    if "tiny" in decs:
+        for lat in a.decoder_latents:
+            run(load_decoder_preset(None, "tiny"), "decoder", lat)
+    for n in [d for d in decs if d != "tiny"]:
         run(load_decoder_preset(None, n), "decoder", a.big_decoder_latent)
     by = {(r["name"], r["latent"]): r["median_ms"] for r in rows}
     print(f"\n| model | latent | median ms ({a.threads} thread(s), {a.clock} clock) |\n|---|---|---|")

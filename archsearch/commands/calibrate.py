@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from dataclasses import replace
 
 from snapgen.errors import UserError
 
@@ -20,9 +21,13 @@ def add_arguments(p):
     p.add_argument("--calib-latent", type=int, help="latent at which pixel-linear units are timed and scaled from "
                                                    "(default: latent-size / 2)")
     p.add_argument("--context-len", type=int, default=77, help="context tokens for cross-attention (default 77)")
-    p.add_argument("--probes", type=int, default=2, help="units per class re-timed at the target to correct the "
-                                                        "scaling (default 2)")
+    p.add_argument("--probes", type=int, default=0, help="units per class re-timed at the target (diagnostic, or "
+                                                        "the correction of --scaling probes; default 0)")
+    p.add_argument("--scaling", default="pixels", help="pixels (default): scale calibration-latent timings by the "
+                                                       "pixel ratio | probes: and by a per-class probe correction")
     p.add_argument("--validate", metavar="TABLE", help="validate TABLE instead of calibrating")
+    p.add_argument("--repeats", type=int, default=2, help="with --validate: timed runs per architecture after "
+                                                          "one warm-up (default 2)")
     p.add_argument("--n", type=int, default=20, help="held-out architectures for --validate (default 20)")
     p.add_argument("--seed", type=int, default=1234, help="sampling seed of the held-out set (default 1234)")
     p.add_argument("--shard", default="0/1", help="with --validate: measure only architectures i %% N == K (K/N), "
@@ -49,7 +54,12 @@ def run(args):
                 raise UserError(f"must be K/N with 0 <= K < N, got {args.shard!r}", key="--shard") from None
             if m > 1 and not args.out:
                 raise UserError("shards share their measurements through -o FILE", key="--shard")
-            rep = validate(space, args.validate, backend, n=args.n, seed=args.seed, out=args.out,
+            from archsearch.latency.table import VALIDATE_POLICY
+
+            if args.repeats < 1:
+                raise UserError(f"must be >= 1, got {args.repeats}", key="--repeats")
+            pol = replace(VALIDATE_POLICY, min_repeats=args.repeats, max_repeats=args.repeats)
+            rep = validate(space, args.validate, backend, n=args.n, seed=args.seed, out=args.out, policy=pol,
                            progress=not args.no_progress, context_len=args.context_len, shard=(k, m))
             if args.json:
                 print(json.dumps(rep.to_dict()))
@@ -69,7 +79,8 @@ def run(args):
         calib = args.calib_latent or max(args.latent_size // 2, 1)
         t0 = time.perf_counter()
         table = calibrate(space, backend, args.out, latent_size=args.latent_size, calib_latent=calib,
-                          context_len=args.context_len, probes=args.probes, progress=not args.no_progress)
+                          context_len=args.context_len, probes=args.probes, progress=not args.no_progress,
+                          scaling=args.scaling)
         took = time.perf_counter() - t0
     summary = {"table": args.out, "units": len(table.entries), "probes": len(table.probes),
                "seconds_this_run": round(took, 1), "seconds_total": round(table.seconds, 1),
@@ -83,5 +94,6 @@ def run(args):
               f"threads, {summary['clock']} clock; timed at latent {calib}, predicting latent {args.latent_size}; "
               f"{took / 60:.1f} min this run, {table.seconds / 60:.1f} min in all")
         for c, v in sorted(summary["corrections"].items()):
-            print(f"  scale correction {c:<26} x{v:.3f}")
+            print(f"  probe ratio / pixel ratio  {c:<26} x{v:.3f}"
+                  f"{'  (applied)' if table.scaling == 'probes' else '  (diagnostic)'}")
     return 0

@@ -16,7 +16,8 @@ Calibration appends as it goes and skips keys already present, so an interrupted
 
 Prediction: sum over an architecture's units (:func:`~archsearch.latency.units.units_of`) of
 ``ms`` at the target, where a unit timed at the calibration latent is scaled by the pixel ratio
-``(latent_size / calib_latent)**2`` times its class correction (median probe ratio).
+``(latent_size / calib_latent)**2`` (``scaling: probes`` tables also apply a per-class correction,
+the median probe ratio). Attention cores are always timed at the target.
 """
 from __future__ import annotations
 
@@ -136,8 +137,13 @@ class LatencyTable:
                                 key=f"--{k}" if k not in ("mode",) else "--compile")
 
     # -- prediction --------------------------------------------------------------------------------
+    @property
+    def scaling(self) -> str:
+        return self.header.get("scaling", "pixels")
+
     def corrections(self) -> dict[str, float]:
-        """Per unit class: measured target time / (calibration time x pixel ratio), median over probes."""
+        """Per unit class: measured target time / (calibration time x pixel ratio), median over probes
+        (diagnostic; applied to predictions only in ``scaling: probes`` tables)."""
         ratio = self.pixel_ratio
         by_class: dict[str, list[float]] = defaultdict(list)
         for k, p in self.probes.items():
@@ -151,7 +157,7 @@ class LatencyTable:
         return (self.header["latent_size"] / self.header["calib_latent"]) ** 2
 
     def unit_ms(self, key: str, corrections: dict[str, float]) -> float:
-        if key in self.probes:
+        if self.scaling == "probes" and key in self.probes:
             return float(self.probes[key]["ms"])
         e = self.entries.get(key)
         if e is None:
@@ -177,7 +183,7 @@ class LatencyModel:
     def __init__(self, *, table: LatencyTable | None = None, backend: Backend | None = None,
                  context_len: int = 77, policy: TimingPolicy | None = None):
         self.table, self.backend, self.context_len, self.policy = table, backend, context_len, policy
-        self._corr = table.corrections() if table else {}
+        self._corr = table.corrections() if table and table.scaling == "probes" else {}
 
     @classmethod
     def from_table(cls, path: str | Path, space=None) -> "LatencyModel":
@@ -233,9 +239,11 @@ class LatencyModel:
 
 
 # ---- calibration -----------------------------------------------------------------------------------
-def _header(space, backend: Backend, latent_size: int, calib_latent: int, context_len: int) -> dict[str, Any]:
+def _header(space, backend: Backend, latent_size: int, calib_latent: int, context_len: int,
+            scaling: str = "pixels") -> dict[str, Any]:
     return {"table": FORMAT, "version": VERSION, **backend.describe(), "latent_size": latent_size,
-            "calib_latent": calib_latent, "context_len": context_len, "space": space_fingerprint(space),
+            "calib_latent": calib_latent, "context_len": context_len, "scaling": scaling,
+            "space": space_fingerprint(space),
             "machine": machine_info(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
@@ -276,9 +284,14 @@ def pick_probes(units: list[dict], per_class: int) -> list[dict]:
 
 
 def calibrate(space, backend: Backend, out: str | Path, *, latent_size: int = 128, calib_latent: int | None = None,
-              context_len: int = 77, probes: int = 2, policy: TimingPolicy | None = None,
-              progress: bool = True) -> LatencyTable:
-    """Measure every unit ``space`` can produce once (resuming ``out`` if it exists)."""
+              context_len: int = 77, probes: int = 0, policy: TimingPolicy | None = None,
+              progress: bool = True, scaling: str = "pixels") -> LatencyTable:
+    """Measure every unit ``space`` can produce once (resuming ``out`` if it exists).
+
+    ``scaling="pixels"`` (default) scales units timed at ``calib_latent`` by the pixel ratio alone;
+    ``"probes"`` also multiplies each class by its median probe ratio (``probes`` units per class
+    re-timed at the target). With few probes on a noisy machine the correction adds more error than
+    it removes (docs/latency.md), so probes are otherwise a recorded diagnostic."""
     from tqdm import tqdm
 
     space = _load_space(space)
@@ -293,9 +306,13 @@ def calibrate(space, backend: Backend, out: str | Path, *, latent_size: int = 12
             raise UserError(f"must be a positive multiple of {2 ** depth}, got {v}", key=name)
     if calib_latent > latent_size:
         raise UserError(f"must be <= --latent-size ({latent_size}), got {calib_latent}", key="--calib-latent")
+    if scaling not in ("pixels", "probes"):
+        raise UserError(f"unknown scaling {scaling!r}; allowed: pixels, probes", key="--scaling")
+    if scaling == "probes" and probes < 1:
+        raise UserError("scaling 'probes' needs --probes >= 1", key="--probes")
     policy = policy or UNIT_POLICY
     out = Path(out)
-    header = _header(space, backend, latent_size, calib_latent, context_len)
+    header = _header(space, backend, latent_size, calib_latent, context_len, scaling)
     if out.exists() and out.stat().st_size > 0:
         text = out.read_text()
         if not text.endswith("\n"):  # killed mid-write: drop the partial last line before appending
@@ -303,8 +320,8 @@ def calibrate(space, backend: Backend, out: str | Path, *, latent_size: int = 12
         table = LatencyTable.read(out)
         table.check_space(space)
         table.check_backend(backend)
-        for k in ("latent_size", "calib_latent", "context_len"):
-            if table.header.get(k) != header[k]:
+        for k in ("latent_size", "calib_latent", "context_len", "scaling"):
+            if table.header.get(k, "pixels" if k == "scaling" else None) != header[k]:
                 raise UserError(f"existing table has {k}={table.header.get(k)}, not {header[k]}: resume with the same "
                                 "settings or write a new table", file=str(out), key=f"--{k.replace('_', '-')}")
     else:
