@@ -41,6 +41,7 @@ class AEConfig:
     steps: int = 800
     batch_size: int = 32
     lr: float = 2e-3
+    warmup_steps: int = 20  # linear warm-up, then cosine decay to 0
     kl_weight: float = 1e-6
     seed: int = 0
     eval_images: int = 1000  # held-out images (the test split's first N) for the PSNR report
@@ -147,7 +148,9 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((10 * torch.log10(4.0 / mse)).mean())
 
 
-def _train_vae(cfg: AEConfig, train: LabelledImages, held_out: LabelledImages, out_dir: Path) -> None:
+def _train_vae(cfg: AEConfig, train: LabelledImages, held_out: LabelledImages, out_dir: Path) -> torch.Tensor:
+    """Train, normalise, measure and save the autoencoder; returns the normalised latents of ``train``
+    (the normalisation pass encodes the whole set anyway, so the latent cache needs no second pass)."""
     from tqdm import tqdm
 
     g = torch.Generator().manual_seed(cfg.seed)
@@ -157,7 +160,9 @@ def _train_vae(cfg: AEConfig, train: LabelledImages, held_out: LabelledImages, o
     vae.train().requires_grad_(True)
     data = codec_prep.prepare(train.images)  # float, in memory once
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+    warm = max(1, cfg.warmup_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     t0 = time.time()
     bar = tqdm(range(cfg.steps), desc="autoencoder (once)", file=sys.stderr, mininterval=2, leave=False)
     for step in bar:
@@ -175,20 +180,26 @@ def _train_vae(cfg: AEConfig, train: LabelledImages, held_out: LabelledImages, o
             bar.set_postfix(loss=f"{loss.item():.4f}")
     bar.close()
     vae.eval().requires_grad_(False)
-    # Latent normalisation (SD3 convention): shift = mean, scale = 1 / std of the posterior means.
+    # Latent normalisation (SD3 convention): shift = mean, scale = 1 / std of the posterior means
+    # (of the whole training set: these are also the cached training latents).
+    t_enc = time.time()
     with torch.no_grad():
-        z = torch.cat([vae.encode(data[i:i + 500]).latent_dist.mean for i in range(0, min(len(data), 10000), 500)])
+        z = torch.cat([vae.encode(data[i:i + 500]).latent_dist.mean.float() for i in range(0, len(data), 500)])
     vae.register_to_config(scaling_factor=float(1.0 / z.std()), shift_factor=float(z.mean()))
     codec = LatentCodec(vae, resolution=cfg.resolution)
+    latents = (z - codec.shift_factor) * codec.scaling_factor
+    encode_s = time.time() - t_enc
     real = codec.prepare(held_out.images[: cfg.eval_images])
     rec = codec.decode(codec.encode(held_out.images[: cfg.eval_images]))
     report = {"psnr_db": psnr(rec, real), "eval_images": len(real), "train_seconds": time.time() - t0,
+              "encode_seconds": encode_s, "steps": cfg.steps,
               "final_loss": float(loss.item()), "config": asdict(cfg), "data_hash": train.content_hash,
               "params": sum(p.numel() for p in vae.parameters()),
               "latent_shape": [cfg.latent_channels, codec.latent_size, codec.latent_size],
               "scaling_factor": codec.scaling_factor, "shift_factor": codec.shift_factor}
     vae.save_pretrained(out_dir, safe_serialization=True)
     atomic_write_json(out_dir / "report.json", report)
+    return latents
 
 
 def proxy_autoencoder(cfg: AEConfig, train: LabelledImages, held_out: LabelledImages) -> LatentCodec:
@@ -198,13 +209,13 @@ def proxy_autoencoder(cfg: AEConfig, train: LabelledImages, held_out: LabelledIm
     key = combine(train.content_hash, held_out.content_hash, hash_config(cfg))
     root = cache_dir("autoencoder")
     final = root / key
-    built = {"trained": False}
+    built = {"trained": False, "latents": None}
 
     def build():
         tmp = root / f".{key}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         try:
-            _train_vae(cfg, train, held_out, tmp)
+            built["latents"] = _train_vae(cfg, train, held_out, tmp)
             if final.exists():  # a stale, unmarked directory (cannot normally happen)
                 shutil.rmtree(final)
             os.replace(tmp, final)  # the whole directory appears at once, report.json included
@@ -223,19 +234,30 @@ def proxy_autoencoder(cfg: AEConfig, train: LabelledImages, held_out: LabelledIm
         vae = AutoencoderKL.from_pretrained(final, local_files_only=True)
     finally:
         dlogging.set_verbosity(level)
-    return LatentCodec(vae, resolution=cfg.resolution, key=key, report=report)
+    codec = LatentCodec(vae, resolution=cfg.resolution, key=key, report=report)
+    if built["latents"] is not None:  # just trained: hand the training latents to cached_latents
+        codec._fresh_latents = (train.content_hash, built["latents"])
+    return codec
+
+
+def _latents_path(codec: LatentCodec, data: LabelledImages) -> Path:
+    return cache_dir("latents") / f"{combine(codec.key, data.content_hash, str(codec.resolution))}.pt"
 
 
 def cached_latents(codec: LatentCodec, data: LabelledImages) -> tuple[torch.Tensor, bool]:
     """Normalised latents of ``data`` under ``codec``: encoded once, cached by (codec key, data hash).
     Returns (latents, cache_hit)."""
-    key = combine(codec.key, data.content_hash, str(codec.resolution))
-    path = cache_dir("latents") / f"{key}.pt"
+    path = _latents_path(codec, data)
     built = {"hit": True}
+    fresh = getattr(codec, "_fresh_latents", None)
 
     def build():
         built["hit"] = False
-        atomic_torch_save({"latents": codec.encode(data.images)}, path)
+        if fresh is not None and fresh[0] == data.content_hash and len(fresh[1]) == len(data):
+            lat = fresh[1]  # computed while building the autoencoder (same encoder, same normalisation)
+        else:
+            lat = codec.encode(data.images)
+        atomic_torch_save({"latents": lat}, path)
 
     get_or_build(path, build)
     lat = load_tensors(path)["latents"]

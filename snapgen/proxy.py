@@ -13,6 +13,7 @@ hash and kept in memory for the process (:func:`prepare_assets`).
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -78,7 +79,7 @@ class ProxyConfig:
     prompt_template: str = DEFAULT_TEMPLATE
     null_condition: str = "empty"
     # runtime
-    threads: int = 1  # torch CPU threads during the run (0: leave as is); 1 is robust on shared CPUs
+    threads: int = 1  # torch CPU threads during the run and the asset build (0: leave as is); 1 is robust on shared CPUs
     progress: bool = True
 
     def validate(self) -> "ProxyConfig":
@@ -177,6 +178,18 @@ def _asset_key(cfg: ProxyConfig) -> tuple:
 _ASSETS: dict[tuple, "ProxyAssets"] = {}
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """torch's intra-op CPU threads set to ``n`` (0: unchanged) inside the block."""
+    prev = torch.get_num_threads()
+    if n > 0:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(prev)
+
+
 def prepare_assets(cfg: ProxyConfig) -> ProxyAssets:
     """Build or load (from the on-disk cache) everything a proxy run needs besides the model;
     kept in memory for the process (last two configurations), so a study's trials share them."""
@@ -186,7 +199,8 @@ def prepare_assets(cfg: ProxyConfig) -> ProxyAssets:
     if key not in _ASSETS:
         while len(_ASSETS) >= 2:
             _ASSETS.pop(next(iter(_ASSETS)))
-        _ASSETS[key] = _build_assets(cfg)
+        with _torch_threads(cfg.threads):  # a cold build (autoencoder, classifier) runs like the trials
+            _ASSETS[key] = _build_assets(cfg)
     return _ASSETS[key]
 
 
@@ -276,13 +290,8 @@ def run_proxy(spec: ArchSpec, cfg: ProxyConfig = ProxyConfig(), *, seed: int = 0
               on_eval: Callable[[int, float], bool | None] | None = None) -> ProxyResult:
     """Train ``spec`` at proxy size for ``cfg.steps`` steps and return its quality metric (lower is better)."""
     cfg.validate()
-    prev_threads = torch.get_num_threads()
-    if cfg.threads > 0:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with _torch_threads(cfg.threads):
         return _run(spec, cfg, seed, on_eval)
-    finally:
-        torch.set_num_threads(prev_threads)
 
 
 def _run(spec, cfg, seed, on_eval) -> ProxyResult:

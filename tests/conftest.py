@@ -83,3 +83,45 @@ def tiny_run(tmp_path_factory) -> Path:
     finally:
         os.chdir(cwd)
     return d / "run"
+
+
+# ---- the proxy pipeline at test size (snapgen.proxy; see tests/proxy_helpers.py) -----------------
+@pytest.fixture(scope="session")
+def fmnist_small(tmp_path_factory) -> Path:
+    """A Fashion-MNIST subset (the first images of the real splits) as IDX files, once per session."""
+    from proxy_helpers import SMALL_TEST, SMALL_TRAIN, write_subset
+
+    return write_subset(tmp_path_factory.mktemp("fmnist-small"), SMALL_TRAIN, SMALL_TEST)
+
+
+@pytest.fixture(scope="session")
+def proxy_cache_root(tmp_path_factory) -> Path:
+    """One artefact cache (``$SNAPGEN_CACHE``) for the whole session; starts empty, like CI's."""
+    return tmp_path_factory.mktemp("snapgen-cache")
+
+
+@pytest.fixture
+def proxy_cache(proxy_cache_root, monkeypatch) -> Path:
+    """Point ``$SNAPGEN_CACHE`` at the session cache for one test."""
+    monkeypatch.setenv("SNAPGEN_CACHE", str(proxy_cache_root))
+    return proxy_cache_root
+
+
+@pytest.fixture(scope="session")
+def small_proxy_assets(fmnist_small, proxy_cache_root):
+    """(config, assets) of the test-sized proxy: autoencoder, latents, classifier, text embeddings and
+    reference statistics built once per session into the session cache."""
+    from proxy_helpers import small_config
+    from snapgen.proxy import prepare_assets
+
+    cfg = small_config(fmnist_small)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("SNAPGEN_CACHE", str(proxy_cache_root))
+        assets = prepare_assets(cfg)
+    return cfg, assets
+
+
+@pytest.fixture
+def small_proxy(small_proxy_assets, proxy_cache):
+    """The test-sized :class:`snapgen.proxy.ProxyConfig`, its assets warm, the session cache active."""
+    return small_proxy_assets[0]

@@ -49,7 +49,7 @@ def _register() -> None:
                 raise UserError(f"{FD_FMNIST} needs feature_extractor_weights_path (the cached classifier)")
             path = Path(feature_extractor_weights_path)
             report = json.loads((path.parent / "report.json").read_text())
-            cfg = report["config"]
+            cfg = {"norm": "group", "pool": "avg", **report["config"]}  # entries older than these fields
             cfg = ClassifierConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()})
             self.model = load_classifier(path, cfg, report["in_channels"], report["num_classes"])
 
