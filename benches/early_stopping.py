@@ -80,6 +80,22 @@ def replay(run, eta: float, min_trials: int) -> dict:
             "hv_all": hypervolume(done, ref, run.directions), "hv_kept": hypervolume(kept, ref, run.directions)}
 
 
+def rung_agreement(run) -> dict:
+    """For each rung: the share of trial pairs whose quality order at that rung is their final order
+    (successive halving is only as good as this)."""
+    done = [t for t in run.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if "duplicate_of" not in t.user_attrs and len(t.user_attrs.get("evals", [])) > 1]
+    out = {}
+    rungs = sorted({s for t in done for s, _ in t.user_attrs["evals"][:-1]})
+    for r in rungs:
+        pts = [(dict((int(s), v) for s, v in t.user_attrs["evals"])[r], t.user_attrs["evals"][-1][1])
+               for t in done if r in dict((int(s), v) for s, v in t.user_attrs["evals"])]
+        pairs = [(a, b) for i, a in enumerate(pts) for b in pts[i + 1:]]
+        if pairs:
+            out[r] = (sum((a[0] < b[0]) == (a[1] < b[1]) for a, b in pairs), len(pairs))
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("with_es")
@@ -99,6 +115,9 @@ def main(argv=None) -> int:
             return v[-1] if v else 0.0
         if any(x[2] <= minute * 60 for x in ho + hf):
             print(f"  hypervolume after {minute:>2} min: on {at(ho):.4f}  off {at(hf):.4f}")
+    for name, run in (("on", on), ("off", off)):
+        for r, (agree, n) in rung_agreement(run).items():
+            print(f"  run {name}: quality order at step {r} = final order for {agree}/{n} trial pairs")
     print(f"replay of the rule on the run without early stopping (min_trials={args.min_trials}):")
     for eta in (2, 3, 4):
         r = replay(off, eta, args.min_trials)

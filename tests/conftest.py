@@ -46,7 +46,7 @@ def tiny_study_text(name: str = "tiny", n_trials: int = 8, extra: str = "") -> s
         n_trials: {n_trials}
         target: {{latent_size: 8, context_len: 8}}
         synthetic: {{evals: 3, seconds_per_eval: 0.0}}
-        early_stopping: {{min_trials: 3}}
+        early_stopping: {{enabled: true, min_trials: 3}}
         reference_point: {{synthetic: 80, params: 2.0e6, gflops: 0.05}}
         heartbeat: {{interval: 1, grace_period: 3}}
         output_dir: run

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from archsearch.cli import main
 from archsearch.study.early_stopping import SuccessiveHalving, non_domination_rank
 from archsearch.study.pareto import load_run
+from archsearch.study.runner import is_counted
 
 
 def _trials(run_dir):
@@ -27,7 +28,8 @@ def _trials(run_dir):
 def test_run_provenance_and_continue(tiny_run, tmp_path):
     run = load_run(tiny_run)
     trials = run.study.get_trials(deepcopy=False)
-    assert len(trials) == 10 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert sum(map(is_counted, trials)) == 10  # evaluated architectures; repeats are free
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     assert run.study.metric_names == ["synthetic", "params", "gflops"]
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert done and all(t.constraints for t in done)  # constraints recorded with trial.set_constraint
@@ -47,22 +49,24 @@ def test_rerun_continues_exactly(tiny_study, tmp_path, monkeypatch):
     p = tiny_study(n_trials=3)
     assert main(["run", str(p), "--no-progress"]) == 0
     first = {t.number: (t.values, t.datetime_complete) for t in _trials(tmp_path / "run")}
+    n0 = len(_trials(tmp_path / "run"))
     assert main(["run", str(p), "--no-progress"]) == 0  # complete already: nothing new
-    assert len(_trials(tmp_path / "run")) == 3
+    assert len(_trials(tmp_path / "run")) == n0
     assert main(["run", str(p), "n_trials=5", "--no-progress"]) == 0
     trials = _trials(tmp_path / "run")
-    assert len(trials) == 5
+    assert sum(map(is_counted, trials)) == 5
     assert {t.number: (t.values, t.datetime_complete) for t in trials if t.number in first} == first
 
 
 def test_invalid_architecture_is_pruned_with_reason(tiny_study, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     p = tiny_study(n_trials=4)
-    space = (tmp_path / "space.yaml").read_text().replace("[32, 64, 80]", "[40]")  # 40 % head_dim 16 != 0
+    space = (tmp_path / "space.yaml").read_text().replace("[32, 64, 80]", "[32, 40]")  # 40 % head_dim 16 != 0
     (tmp_path / "space.yaml").write_text(space)
     assert main(["run", str(p), "sampler.name=random", "sampler.options={}", "--no-progress"]) == 0
     pruned = [t for t in _trials(tmp_path / "run") if "invalid architecture" in t.user_attrs.get("pruned_reason", "")]
-    assert pruned and all(t.state == TrialState.PRUNED for t in pruned)
+    assert pruned and all(t.state == TrialState.PRUNED and t.user_attrs["invalid"] for t in pruned)
+    assert sum(map(is_counted, _trials(tmp_path / "run"))) == 4  # invalid samples do not use up the budget
     assert "head_dim" in pruned[0].user_attrs["pruned_reason"]
 
 
@@ -133,7 +137,7 @@ def test_kill_9_then_rerun_completes(tiny_study, tmp_path):
     assert k.state == TrialState.FAIL
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == k.number]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].params == k.params
-    assert sum(t.state == TrialState.COMPLETE for t in trials) == 5
+    assert sum(map(is_counted, trials)) == 5
 
 
 @pytest.mark.slow
@@ -145,7 +149,7 @@ def test_local_workers_on_a_journal_file(tiny_study, tmp_path):
                         "--no-progress"], cwd=tmp_path, capture_output=True, text=True, timeout=400)
     assert r.returncode == 0, r.stderr
     trials = _trials(tmp_path / "run")
-    assert len(trials) == 6 and all(t.state.is_finished() for t in trials)
+    assert sum(map(is_counted, trials)) == 6 and all(t.state.is_finished() for t in trials)
     workers = {t.user_attrs["worker"]["pid"] for t in trials}
     assert len(workers) == 2, workers
     logs = sorted((tmp_path / "run" / "logs").glob("worker-*.log"))

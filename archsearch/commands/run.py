@@ -6,7 +6,8 @@ def add_arguments(p):
     p.add_argument("study", help="study file (YAML), e.g. studies/unet.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="override any study key (dotted paths, OmegaConf grammar), e.g. n_trials=8 sampler.seed=1")
-    p.add_argument("--workers", type=int, default=1, help="local worker processes sharing the storage (default 1)")
+    p.add_argument("--workers", type=int, help="local worker processes sharing the storage (default: the study's "
+                   "`workers`, 1 if unset)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per trial instead)")
     p.add_argument("--worker-only", action="store_true", help="run as one worker of a study (used by --workers, "
                    "and on other hosts sharing the storage): no study files, no dashboard")
@@ -18,8 +19,9 @@ def run(args):
     from archsearch.study.runner import run_study
     from archsearch.study.schema import load_study
 
-    if args.workers < 1:
+    if args.workers is not None and args.workers < 1:
         raise UserError(f"must be >= 1, got {args.workers}", key="--workers")
     study = load_study(args.study, args.overrides)  # everything is validated before anything is written
-    run_study(study, workers=args.workers, progress=not args.no_progress, worker_only=args.worker_only)
+    workers = args.workers or study.cfg.workers
+    run_study(study, workers=workers, progress=not args.no_progress, worker_only=args.worker_only)
     return 0

@@ -98,8 +98,9 @@ class TrialRunner:
         if self.quality in ("fid", "psnr"):
             from archsearch.objectives.quality import proxy_config
 
-            threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-            defaults = {"threads": threads, "progress": sys.stderr.isatty()}
+            # Threads: the proxy's own default (1) unless the study sets proxy.threads; on a shared CPU
+            # one thread per worker process is robust (see docs/proxy.md), and workers use the cores.
+            defaults = {"progress": sys.stderr.isatty() and workers == 1}
             if self.quality == "psnr":
                 from archsearch.objectives.decoder_quality import DECODER_PROXY_DEFAULTS
 

@@ -68,7 +68,7 @@ class LatencyCfg:
 class EarlyStoppingCfg:
     """Multi-objective successive halving on the proxy's intermediate quality (see early_stopping.py)."""
 
-    enabled: bool = True
+    enabled: bool = False  # off by default: see docs/study.md, "Early stopping: measured"
     eta: float = 3.0  # keep the best 1/eta of the trials that reached a rung
     min_trials: int = 4  # never stop before this many trials reached the rung
 
@@ -98,6 +98,7 @@ class StudyCfg:
     sampler: SamplerCfg = field(default_factory=SamplerCfg)
     n_trials: int = 20
     timeout: Optional[float] = None  # seconds; no new trial starts after it
+    workers: int = 1  # local worker processes (the --workers flag overrides)
     seed: int = 0  # training seed of every proxy run (the same for all trials: a fair comparison)
     proxy: Dict[str, Any] = field(default_factory=dict)  # snapgen.proxy.ProxyConfig fields
     target: TargetCfg = field(default_factory=TargetCfg)
@@ -400,6 +401,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     s = cfg.sampler
     if s.name not in SAMPLERS:
         raise UserError(f"unknown sampler {s.name!r}; allowed: {', '.join(SAMPLERS)}", file=f, key="sampler.name")
+    if cfg.workers < 1:
+        raise UserError(f"must be >= 1, got {cfg.workers}", file=f, key="workers")
     if cfg.n_trials < 1:
         raise UserError(f"must be >= 1, got {cfg.n_trials}", file=f, key="n_trials")
     if cfg.timeout is not None and cfg.timeout <= 0:
