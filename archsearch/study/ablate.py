@@ -181,7 +181,7 @@ def write_ablation_html(cfg, df: pd.DataFrame, path: Path) -> None:
     how = "each step vs the previous one" if cfg.mode == "cumulative" else "each variant vs the base"
     fig.update_layout(title=f"Ablation {cfg.name} ({cfg.mode}; bar labels: change, {how})", height=460,
                       template="plotly_white")
-    table = df.to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="")
+    table = df.dropna(axis=1, how="all").to_html(index=False, float_format=lambda x: f"{x:.4g}", na_rep="")
     html = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>ablation {cfg.name}</title>"
             "<style>body{font-family:system-ui,sans-serif;margin:24px} table{border-collapse:collapse;font-size:13px}"
             " td,th{border:1px solid #ddd;padding:3px 8px}</style></head><body>"
