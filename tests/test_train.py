@@ -14,7 +14,21 @@ ROOT = Path(__file__).resolve().parents[1]
 # a tiny student (fast on 2 CPU cores): 2 stages, attention only in the low-resolution one
 TINY = ["arch={name: tiny, channels: [128, 256], layers: 1, transformer_depth: [0, 1], self_attention: [false, true],"
         " conv: expanded_separable, ffn_ratio: 3.0, attention: mqa, head_dim: 64, norm_groups: 32, context_dim: 2048}",
+        "arch.stages=null",  # drop the config's explicit 3-stage list: the 2-stage fields above replace it
         "proxy.width_mult=0.125", "proxy.depth_mult=1.0", "train.progress=false"]
+
+
+def small_proxy(data_dir) -> list[str]:
+    """Overrides that point training at the test-sized proxy of tests/proxy_helpers.py (the same
+    config, so the session cache built by the proxy tests is reused; no default-size build in CI)."""
+    from proxy_helpers import small_config
+
+    c = small_config(data_dir)
+    return [f"proxy.data_path={data_dir}",
+            f"proxy.ae={{steps: {c.ae.steps}, batch_size: {c.ae.batch_size}, lr: {c.ae.lr}, eval_images: {c.ae.eval_images}}}",
+            f"proxy.classifier={{steps: {c.classifier.steps}, batch_size: {c.classifier.batch_size}, "
+            f"widths: {list(c.classifier.widths)}, feature_dim: {c.classifier.feature_dim}}}",
+            f"proxy.num_samples={c.num_samples}", f"proxy.sample_steps={c.sample_steps}"]
 
 
 def snapgen(*args, env=None, check=False):
@@ -85,8 +99,8 @@ def test_config_roundtrip_and_timestep_scaler():
 
 # ---- slow: running it for real (the default user cache: proxy assets, embedded teacher) ----------
 @pytest.mark.slow
-def test_killed_and_resumed_equals_uninterrupted(tmp_path):
-    common = ["train", CFG, *TINY, "train.steps=12", "train.log_every=2", "train.ckpt_every=6", "eval.at_end=false"]
+def test_killed_and_resumed_equals_uninterrupted(tmp_path, fmnist_small, proxy_cache):
+    common = ["train", CFG, *TINY, *small_proxy(fmnist_small), "train.steps=12", "train.log_every=2", "train.ckpt_every=6", "eval.at_end=false"]
     snapgen(*common, f"output_dir={tmp_path / 'a'}", check=True)
     r = snapgen(*common, f"output_dir={tmp_path / 'b'}", env={"SNAPGEN_TRAIN_KILL_AFTER": "6"})
     assert r.returncode != 0 and not (tmp_path / "b" / "result.json").exists()
@@ -100,10 +114,10 @@ def test_killed_and_resumed_equals_uninterrupted(tmp_path):
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_identical_weights(tmp_path):
+def test_ddp_two_processes_identical_weights(tmp_path, fmnist_small, proxy_cache):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "snapgen.cli", "train", str(CFG), *TINY, "train.steps=6", "train.batch_size=16",
+           "-m", "snapgen.cli", "train", str(CFG), *TINY, *small_proxy(fmnist_small), "train.steps=6", "train.batch_size=16",
            "train.log_every=2", "eval.at_end=false", "train.threads=1", f"output_dir={out}"]
     r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert r.returncode == 0, r.stderr[-3000:]
