@@ -53,10 +53,10 @@ DECODER_PROXY_DEFAULTS: dict = {}
 
 
 def decoder_proxy_config(data, *, file: str | None = None, **defaults) -> DecoderProxyConfig:
-    from archsearch.objectives.quality import _dataclass_from_dict
+    from snapgen.dataclass_config import dataclass_from_dict
 
     merged = {**defaults, **dict(data or {})}
-    cfg = _dataclass_from_dict(DecoderProxyConfig, merged, file=file, prefix="proxy.")
+    cfg = dataclass_from_dict(DecoderProxyConfig, merged, file=file, prefix="proxy.")
     try:
         return cfg.validate()
     except UserError as e:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from snapgen.dataclass_config import dataclass_from_dict
 from snapgen.errors import UserError
 
 STAGES = ("base", "kd", "step_distill", "decoder")
@@ -207,34 +208,11 @@ def validate(cfg: TrainConfig, file: str | None = None) -> TrainConfig:
     return cfg
 
 
-def _dataclass_from_dict(cls, data, *, file, prefix):
-    if not isinstance(data, dict):
-        raise UserError(f"must be a mapping of {cls.__name__} fields", file=file, key=prefix.rstrip("."))
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = typing.get_type_hints(cls)
-    kw = {}
-    for k, v in data.items():
-        if k not in fields:
-            raise UserError(f"unknown key; allowed: {', '.join(prefix + f for f in fields)}", file=file,
-                            key=f"{prefix}{k}")
-        t = hints[k]
-        if dataclasses.is_dataclass(t):
-            v = _dataclass_from_dict(t, v or {}, file=file, prefix=f"{prefix}{k}.")
-        elif typing.get_origin(t) is tuple and isinstance(v, (list, tuple)):
-            v = tuple(v)
-        elif t is float and isinstance(v, int) and not isinstance(v, bool):
-            v = float(v)
-        elif t in (int, float, bool, str) and not isinstance(v, t):
-            raise UserError(f"must be {t.__name__}, got {v!r}", file=file, key=f"{prefix}{k}")
-        kw[k] = v
-    return cls(**kw)
-
-
 def proxy_config(cfg: TrainConfig, file: str | None = None):
     """The :class:`snapgen.proxy.ProxyConfig` of this run (data, autoencoder, text, metric, sampling)."""
     from snapgen.proxy import ProxyConfig
 
-    pc = _dataclass_from_dict(ProxyConfig, dict(cfg.proxy), file=file, prefix="proxy.")
+    pc = dataclass_from_dict(ProxyConfig, dict(cfg.proxy), file=file, prefix="proxy.")
     over = {"batch_size": cfg.train.batch_size, "steps": cfg.train.steps, "progress": False}
     if cfg.eval.num_samples:
         over["num_samples"] = cfg.eval.num_samples
