@@ -173,6 +173,25 @@ class TrialRunner:
             rec["spec"] = spec.to_dict()
         provenance.write_trial(self.out_dir, trial.number, rec, spec)
 
+    def _evaluated_twin(self, trial, sh: str, poll_s: float = 1.0):
+        """A COMPLETE trial of the same architecture, if any. Workers on one storage can sample the
+        same architecture at once: registering the spec hash and looking for twins happen under the
+        study's budget lock, so exactly one of them evaluates it and the later ones wait for it (they
+        never wait on each other) and then reuse its values."""
+        with budget_lock(self.study.cfg.storage, self.study.name):
+            trial.set_user_attr("spec_hash", sh)
+            trials = self.ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+            twins = [t for t in trials if t.user_attrs.get("spec_hash") == sh and t.number != trial.number]
+        wait_for = {t.number for t in twins if t.state == TrialState.RUNNING}
+        while True:
+            done = next((t for t in twins if t.state == TrialState.COMPLETE), None)
+            if done is not None or not wait_for:
+                return done
+            time.sleep(poll_s)
+            trials = self.ostudy.get_trials(deepcopy=False)
+            twins = [t for t in trials if t.user_attrs.get("spec_hash") == sh and t.number != trial.number]
+            wait_for = {t.number for t in twins if t.number in wait_for and t.state == TrialState.RUNNING}
+
     def run(self, trial: optuna.Trial) -> tuple[TrialState, list[float] | None, str]:
         """Evaluate and tell; returns (state, values, one-line summary)."""
         from archsearch.objectives.cost import spec_hash
@@ -191,9 +210,7 @@ class TrialRunner:
             return TrialState.PRUNED, None, reason
         sh = spec_hash(spec)
         trial.set_user_attr("spec", spec.to_dict())
-        trial.set_user_attr("spec_hash", sh)
-        dup = next((t for t in self.ostudy.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                    if t.user_attrs.get("spec_hash") == sh), None)
+        dup = self._evaluated_twin(trial, sh)
         if dup is not None:
             # The same architecture again (samplers repeat themselves on small spaces): every metric is a
             # deterministic function of the spec and the seed, so reuse it instead of training again.
