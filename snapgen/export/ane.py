@@ -169,17 +169,25 @@ class ANESpatialTransformer(nn.Module):
         return self.proj_out(t).squeeze(2).unflatten(2, res.shape[2:]) + res
 
 
+def _transformer_input_sizes(model: nn.Module, example_inputs: tuple) -> dict[int, tuple[int, int]]:
+    """(h, w) each SpatialTransformer of ``model`` sees on ``example_inputs``, keyed by module id."""
+    sizes: dict[int, tuple[int, int]] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, a: sizes.__setitem__(id(m), tuple(a[0].shape[-2:])))
+             for m in model.modules() if isinstance(m, SpatialTransformer)]
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    return sizes
+
+
 def ane_layout(model: nn.Module, example_inputs: tuple) -> nn.Module:
     """A deep copy of ``model`` with every SpatialTransformer in the split-einsum layout for the
     input sizes seen on ``example_inputs``."""
     model = copy.deepcopy(model).eval()
-    sizes: dict[int, tuple[int, int]] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a: sizes.__setitem__(id(m), tuple(a[0].shape[-2:])))
-             for m in model.modules() if isinstance(m, SpatialTransformer)]
-    with torch.no_grad():
-        model(*example_inputs)
-    for h in hooks:
-        h.remove()
+    sizes = _transformer_input_sizes(model, example_inputs)
     if isinstance(model, SpatialTransformer):
         return ANESpatialTransformer(model, sizes[id(model)])
     for parent in list(model.modules()):
@@ -205,13 +213,7 @@ def freeze_rope(model: nn.Module, example_inputs: tuple) -> nn.Module:
     """A deep copy of ``model`` whose self-attention RoPE tables are constants for the input sizes
     seen on ``example_inputs`` (the "original" attention layout's export path)."""
     model = copy.deepcopy(model).eval()
-    sizes: dict[int, tuple[int, int]] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a: sizes.__setitem__(id(m), tuple(a[0].shape[-2:])))
-             for m in model.modules() if isinstance(m, SpatialTransformer)]
-    with torch.no_grad():
-        model(*example_inputs)
-    for h in hooks:
-        h.remove()
+    sizes = _transformer_input_sizes(model, example_inputs)
     for st in model.modules():
         if isinstance(st, SpatialTransformer) and id(st) in sizes:
             for blk in st.blocks:
