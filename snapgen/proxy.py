@@ -1,7 +1,8 @@
 """The ImageNet-style proxy: train an architecture small and short, sample, score.
 
 ``run_proxy(spec, cfg, seed=...)`` scales ``spec`` to proxy size, trains it with rectified flow on
-cached autoencoder latents of the proxy data (class prompts through a light text encoder as
+cached autoencoder latents of the proxy data, or on pre-encoded latent shards (``dataset="latents"``,
+written by ``snapgen encode``), with class prompts through a light text encoder as
 cross-attention context), samples ``num_samples`` images with CFG and returns a Fréchet distance
 (``fd-fmnist`` offline by default, Inception ``fid`` on real data). Intermediate evaluations are
 reported through ``on_eval(step, value)``; returning True or raising :class:`StopTrial` stops the
@@ -18,6 +19,7 @@ import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -26,13 +28,14 @@ import torch.nn.functional as F
 from snapgen.autoencoder import AEConfig, LatentCodec, cached_latents, load_autoencoder, proxy_autoencoder
 from snapgen.cache import combine
 from snapgen.data.base import LabelledImages, to_uint8
-from snapgen.errors import TrainingError, UserError
+from snapgen.data.latents import LatentSet, load_latent_shards
+from snapgen.errors import DataError, TrainingError, UserError
 from snapgen.flow import EMA, drop_condition, interpolate, logit_normal, sample, velocity_target
 from snapgen.metrics.classifier import ClassifierConfig
 from snapgen.spec import ArchSpec
 from snapgen.text import DEFAULT_ENCODER, DEFAULT_TEMPLATE, class_conditioning
 
-DATASETS = ("fashion-mnist", "imagefolder")
+DATASETS = ("fashion-mnist", "imagefolder", "latents")
 
 
 class StopTrial(Exception):
@@ -69,8 +72,9 @@ class ProxyConfig:
     inception_weights: str | None = None
     # data, latent space, conditioning
     dataset: str = "fashion-mnist"
-    data_path: str | None = None  # Fashion-MNIST IDX dir, or ImageFolder root
+    data_path: str | None = None  # Fashion-MNIST IDX dir, ImageFolder root or latent shard dir
     class_map: str | None = None  # ImageFolder class-name map (JSON)
+    reference_path: str | None = None  # latents: ImageFolder of real images for fid (None: decoded shard latents)
     resolution: int = 32
     autoencoder: str | None = None  # diffusers AutoencoderKL path / hub id; None: the embedded small one
     ae: AEConfig = field(default_factory=AEConfig)
@@ -107,6 +111,15 @@ class ProxyConfig:
             raise err("metric", "fd-fmnist is defined on Fashion-MNIST only; use metric: fid for other data")
         if self.dataset == "imagefolder" and not self.data_path:
             raise err("data_path", "the imagefolder dataset needs data_path (the ImageFolder root)")
+        if self.dataset == "latents":
+            if not self.data_path:
+                raise err("data_path", "the latents dataset needs data_path (a shard directory from snapgen encode)")
+            if not self.autoencoder:
+                raise err("autoencoder", "the latents dataset needs autoencoder (the AutoencoderKL that encoded "
+                                         "the shards; it decodes the samples)")
+        elif self.reference_path:
+            raise err("reference_path", "only the latents dataset takes reference_path (the other datasets' "
+                                        "real images are their own reference)")
         return self
 
     def eval_steps(self) -> list[int]:
@@ -153,13 +166,15 @@ class ProxyAssets:
     context: torch.Tensor  # (K + 1, L, D): class prompts + null condition (row K)
     pooled: torch.Tensor  # (K + 1, D)
     codec: LatentCodec
-    reference: torch.Tensor  # uint8 real images for the metric
+    reference: torch.Tensor  # uint8 reference images for the metric (real, or decoded shard latents)
     reference_key: str
     metric_weights: str | None
     info: dict
 
 
 def _load_data(cfg: ProxyConfig) -> tuple[LabelledImages, LabelledImages]:
+    if cfg.dataset == "latents":  # decoder training, the other caller, needs the images themselves
+        raise UserError("the latents dataset holds no images; use fashion-mnist or imagefolder", key="dataset")
     if cfg.dataset == "fashion-mnist":
         from snapgen.data import fashion_mnist
 
@@ -170,9 +185,15 @@ def _load_data(cfg: ProxyConfig) -> tuple[LabelledImages, LabelledImages]:
     return data, data  # the real images are their own reference set
 
 
+def _reference_size(cfg: ProxyConfig) -> int | None:
+    """Images in the decoded-shard-latents reference (None where the reference is real images)."""
+    return cfg.num_samples if cfg.dataset == "latents" and not cfg.reference_path else None
+
+
 def _asset_key(cfg: ProxyConfig) -> tuple:
-    return (cfg.dataset, cfg.data_path, cfg.class_map, cfg.resolution, cfg.autoencoder, cfg.ae, cfg.classifier,
-            cfg.text_encoder, cfg.prompt_template, cfg.null_condition, cfg.metric, cfg.inception_weights)
+    return (cfg.dataset, cfg.data_path, cfg.class_map, cfg.reference_path, _reference_size(cfg), cfg.resolution,
+            cfg.autoencoder, cfg.ae, cfg.classifier, cfg.text_encoder, cfg.prompt_template, cfg.null_condition,
+            cfg.metric, cfg.inception_weights)
 
 
 _ASSETS: dict[tuple, "ProxyAssets"] = {}
@@ -204,9 +225,22 @@ def prepare_assets(cfg: ProxyConfig) -> ProxyAssets:
     return _ASSETS[key]
 
 
-def _build_assets(cfg: ProxyConfig) -> ProxyAssets:
-    from snapgen.cache import hash_file
+@dataclass(frozen=True, eq=False)
+class _Source:
+    """What a dataset contributes to the assets."""
 
+    latents: torch.Tensor  # (N, C, h, w) normalised training latents
+    labels: torch.Tensor
+    class_names: tuple[str, ...]
+    codec: LatentCodec
+    reference: torch.Tensor  # uint8 images at the proxy resolution
+    reference_hash: str
+    info: dict
+    images: tuple[LabelledImages, LabelledImages] | None = None  # (train, test): fd-fmnist trains on them
+
+
+def _image_source(cfg: ProxyConfig) -> _Source:
+    """Fashion-MNIST or an ImageFolder: images encoded once (and cached) by the autoencoder."""
     train, test = _load_data(cfg)
     if cfg.autoencoder:
         codec = load_autoencoder(cfg.autoencoder, resolution=cfg.resolution)
@@ -216,25 +250,87 @@ def _build_assets(cfg: ProxyConfig) -> ProxyAssets:
                             key="ae.resolution")
         codec = proxy_autoencoder(cfg.ae, train, test)
     latents, latents_hit = cached_latents(codec, train)
-    cond = class_conditioning(train.class_names, template=cfg.prompt_template, encoder=cfg.text_encoder,
-                              null=cfg.null_condition)
     info = {"autoencoder": cfg.autoencoder or "embedded", "autoencoder_psnr_db": codec.report.get("psnr_db"),
             "autoencoder_cache_hit": codec.report.get("cache_hit"), "latents_cache_hit": latents_hit,
-            "latent_shape": list(latents.shape[1:]), "text_encoder": cfg.text_encoder, "train_images": len(train)}
-    reference = to_uint8(codec.prepare(test.images))  # real images at the proxy resolution
+            "train_images": len(train),
+            "reference": "fashion-mnist-test" if cfg.dataset == "fashion-mnist" else cfg.data_path}
+    return _Source(latents=latents, labels=train.labels, class_names=train.class_names, codec=codec,
+                   reference=to_uint8(codec.prepare(test.images)), reference_hash=test.content_hash, info=info,
+                   images=(train, test))
+
+
+def _latent_source(cfg: ProxyConfig) -> _Source:
+    """Pre-encoded shards: they are the training latents (no image is loaded or encoded); the
+    autoencoder only decodes: the samples and, without reference_path, the reference."""
+    from snapgen.data.imagefolder import load_imagefolder
+
+    shards = load_latent_shards(cfg.data_path)
+    codec = load_autoencoder(cfg.autoencoder, resolution=cfg.resolution)
+    _check_latent_space(shards, codec, cfg)
+    latents = shards.normalized()
+    if cfg.reference_path:
+        real = load_imagefolder(cfg.reference_path, cfg.resolution)
+        reference, ref_hash, ref_name = to_uint8(codec.prepare(real.images)), real.content_hash, cfg.reference_path
+    else:
+        # No real images: the reference is the decode of a fixed, evenly spaced slice of the shards (every
+        # class of a class-sorted encode is represented), so samples and reference pass the same decoder.
+        idx = torch.linspace(0, len(latents) - 1, min(_reference_size(cfg), len(latents))).round().long()
+        reference = to_uint8(codec.decode(latents[idx]))
+        ref_hash, ref_name = combine(shards.content_hash, codec.key, str(len(idx))), "decoded-shard-latents"
+    info = {"autoencoder": cfg.autoencoder, "train_images": len(shards), "reference": ref_name,
+            "reference_images": len(reference)}
+    return _Source(latents=latents, labels=shards.labels, class_names=shards.class_names, codec=codec,
+                   reference=reference, reference_hash=ref_hash, info=info)
+
+
+def _check_latent_space(shards: LatentSet, codec: LatentCodec, cfg: ProxyConfig) -> None:
+    """The shards must be in the autoencoder's latent space: channels, normalisation, decoded size."""
+    c, h, w = shards.latents.shape[1:]
+    if c != codec.latent_channels:
+        raise UserError(f"the latent shards have {c} channels but the autoencoder has {codec.latent_channels}; "
+                        "encode the shards with this autoencoder", key="autoencoder")
+    meta = str(Path(cfg.data_path).expanduser() / "meta.json")
+    for name in ("scaling_factor", "shift_factor"):  # LatentSet.normalized() must invert LatentCodec.decode
+        theirs, ours = getattr(shards, name), getattr(codec, name)
+        if not math.isclose(theirs, ours, rel_tol=1e-6, abs_tol=1e-9):
+            raise DataError(f"{name} {theirs} differs from the autoencoder's {ours} (shards from another "
+                            "autoencoder?)", file=meta, key=name)
+    if h != w:
+        raise DataError(f"the proxy needs square latents, the shards hold {h}x{w}", file=meta)
+    if h * codec.downsample != cfg.resolution:
+        raise UserError(f"the latent shards are {h}x{w}, which the autoencoder decodes to "
+                        f"{h * codec.downsample}x{w * codec.downsample}; set resolution to {h * codec.downsample}",
+                        key="resolution")
+
+
+def _inception_ident(cfg: ProxyConfig) -> str:
+    """The Inception weights' identity for the reference statistics' cache key."""
+    from snapgen.cache import hash_file
+
+    if cfg.inception_weights is None:
+        return "torch-fidelity-default"
+    if not Path(cfg.inception_weights).is_file():
+        raise UserError("Inception weights file not found", file=cfg.inception_weights, key="inception_weights")
+    return hash_file(cfg.inception_weights)
+
+
+def _build_assets(cfg: ProxyConfig) -> ProxyAssets:
+    src = _latent_source(cfg) if cfg.dataset == "latents" else _image_source(cfg)
+    cond = class_conditioning(src.class_names, template=cfg.prompt_template, encoder=cfg.text_encoder,
+                              null=cfg.null_condition)
+    info = {**src.info, "latent_shape": list(src.latents.shape[1:]), "text_encoder": cfg.text_encoder}
     if cfg.metric == "fd-fmnist":
         from snapgen.metrics.classifier import metric_classifier
 
-        weights, report = metric_classifier(cfg.classifier, train, test)
+        weights, report = metric_classifier(cfg.classifier, *src.images)
         info.update(classifier_accuracy=report["test_accuracy"], classifier_cache_hit=report["cache_hit"])
         metric_weights = str(weights)
-        ref_key = combine(test.content_hash, report["key"], str(cfg.resolution))
+        ref_key = combine(src.reference_hash, report["key"], str(cfg.resolution))
     else:
         metric_weights = cfg.inception_weights
-        ident = hash_file(cfg.inception_weights) if cfg.inception_weights else "torch-fidelity-default"
-        ref_key = combine(test.content_hash, ident, str(cfg.resolution))
-    return ProxyAssets(latents=latents, labels=train.labels, class_names=train.class_names, context=cond.context,
-                       pooled=cond.pooled, codec=codec, reference=reference, reference_key=ref_key,
+        ref_key = combine(src.reference_hash, _inception_ident(cfg), str(cfg.resolution))
+    return ProxyAssets(latents=src.latents, labels=src.labels, class_names=src.class_names, context=cond.context,
+                       pooled=cond.pooled, codec=src.codec, reference=src.reference, reference_key=ref_key,
                        metric_weights=metric_weights, info=info)
 
 
