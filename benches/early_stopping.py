@@ -51,7 +51,8 @@ def replay(run, eta: float, min_trials: int) -> dict:
     metrics_names = run.names + [c.split()[0] for c in cfg.get("constraints", [])]
     cons = [parse_constraint(c, file="", key="", metrics=metrics_names) for c in cfg.get("constraints", [])]
     quality = next(n for n in run.names if n in ("fid", "psnr", "synthetic"))
-    rule = SuccessiveHalving(run.names, run.directions, quality, eta=eta, min_trials=min_trials, constraints=cons)
+    rule = SuccessiveHalving(run.names, run.directions, quality, eta=eta, min_trials=min_trials, constraints=cons,
+                             reference=dict(cfg.get("reference_point") or {}))
     steps = cfg["proxy"].get("steps") if quality != "synthetic" else None
     done = sorted([t for t in run.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                    if "duplicate_of" not in t.user_attrs], key=lambda t: t.datetime_start)

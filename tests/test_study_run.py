@@ -90,6 +90,22 @@ def test_successive_halving_keeps_small_fast_trials():
     assert not sh.decide(study, 99, 25, 40.0, {"params": 150}).stop  # nobody else at that rung yet
 
 
+def test_successive_halving_keeps_the_cheapest_among_many_extremes():
+    """Three objectives, every trial an extreme of something (crowding distance infinity for all, so
+    NSGA-II's order degenerates to quality alone): the cheapest, worst-quality trial still goes on
+    (largest exclusive hypervolume), a near-twin of a kept trial that adds almost nothing stops."""
+    study = optuna.create_study(directions=["minimize"] * 3)
+    for q, p, g in [(10, 100, 100), (12, 90, 110), (11, 95, 105), (13, 120, 90)]:
+        t = study.ask()
+        t.set_user_attr("evals", [[40, q]])
+        t.set_user_attr("metrics", {"params": p, "gflops": g})
+        study.tell(t, [q, p, g])
+    names, dirs = ["fid", "params", "gflops"], ["minimize"] * 3
+    sh = SuccessiveHalving(names, dirs, "fid", eta=3, min_trials=4, reference={"fid": 60, "params": 200, "gflops": 200})
+    assert not sh.decide(study, 99, 40, 40.0, {"params": 50, "gflops": 50}).stop
+    assert sh.decide(study, 99, 40, 12.0, {"params": 90.5, "gflops": 109.5}).stop
+
+
 def _wait(pred, timeout=120.0, every=0.3):
     t0 = time.time()
     while time.time() - t0 < timeout:

@@ -110,7 +110,8 @@ class TrialRunner:
         self.stopper = None
         if es.enabled and self.quality and self.quality in study.objective_names:
             self.stopper = SuccessiveHalving(study.objective_names, study.directions, self.quality, eta=es.eta,
-                                             min_trials=es.min_trials, constraints=study.constraints)
+                                             min_trials=es.min_trials, constraints=study.constraints,
+                                             reference=dict(self.cfg.reference_point))
 
     def _proxy_config(self, defaults):
         if self.quality == "psnr":
