@@ -124,7 +124,8 @@ def load_autoencoder(path_or_id: str, *, resolution: int, subfolder: str | None 
     if local and subfolder is None and (Path(path_or_id) / "vae" / "config.json").is_file():
         subfolder = "vae"
     try:
-        vae = AutoencoderKL.from_pretrained(path_or_id, subfolder=subfolder, local_files_only=local)
+        vae = AutoencoderKL.from_pretrained(path_or_id, subfolder=subfolder, local_files_only=local,
+                                            low_cpu_mem_usage=False)  # no accelerate needed (or warned about)
     except (OSError, ValueError, EnvironmentError) as e:
         raise UserError(f"cannot load AutoencoderKL: {str(e).splitlines()[0][:300]}", file=path_or_id) from None
     return LatentCodec(vae, resolution=resolution, key=combine(path_or_id, subfolder or ""))
@@ -231,7 +232,7 @@ def proxy_autoencoder(cfg: AEConfig, train: LabelledImages, held_out: LabelledIm
     level = dlogging.get_verbosity()
     dlogging.set_verbosity_error()  # silence the "accelerate not found" advice on every load
     try:
-        vae = AutoencoderKL.from_pretrained(final, local_files_only=True)
+        vae = AutoencoderKL.from_pretrained(final, local_files_only=True, low_cpu_mem_usage=False)
     finally:
         dlogging.set_verbosity(level)
     codec = LatentCodec(vae, resolution=cfg.resolution, key=key, report=report)

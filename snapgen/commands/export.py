@@ -47,7 +47,7 @@ def _load_checkpoint(path: str):
         raise UserError("no config.json here or in a 'unet' subfolder: not a SnapGenUNet save_pretrained directory",
                         file=path)
     try:
-        unet = SnapGenUNet.from_pretrained(str(unet_dir))
+        unet = SnapGenUNet.from_pretrained(str(unet_dir), low_cpu_mem_usage=False)
     except UserError:
         raise
     except Exception as e:  # diffusers raises plain errors for bad weights/configs

@@ -36,7 +36,7 @@ def load_init(net, init: str) -> None:
         raise UserError("not a `snapgen train` output_dir or model directory (no model/config.json)", file=str(p),
                         key="step_distill.init")
     try:
-        src = SnapGenUNet.from_pretrained(str(d), local_files_only=True)
+        src = SnapGenUNet.from_pretrained(str(d), local_files_only=True, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise UserError(f"cannot load the student: {str(e).splitlines()[0][:200]}", file=str(d),
                         key="step_distill.init") from None

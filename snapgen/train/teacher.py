@@ -122,7 +122,7 @@ def _from_pretrained(cls_name: str | None, src: str, subfolder: str | None, *, l
     level = dlogging.get_verbosity()
     dlogging.set_verbosity_error()  # no "accelerate not found" advice on every load
     try:
-        return cls.from_pretrained(src, subfolder=subfolder, local_files_only=local)
+        return cls.from_pretrained(src, subfolder=subfolder, local_files_only=local, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError, EnvironmentError) as e:
         raise UserError(f"cannot load {cls_name}: {str(e).splitlines()[0][:300]}", file=src,
                         key="teacher.path") from None
