@@ -125,3 +125,22 @@ def small_proxy_assets(fmnist_small, proxy_cache_root):
 def small_proxy(small_proxy_assets, proxy_cache):
     """The test-sized :class:`snapgen.proxy.ProxyConfig`, its assets warm, the session cache active."""
     return small_proxy_assets[0]
+
+
+# ---- scheduling ---------------------------------------------------------------------------------
+# Longest files first: pytest-xdist (--dist loadfile) hands files to its workers in collection order,
+# so the file that trains a teacher and nine students (~9 min on one core) must not start last.
+LONGEST_FIRST = ("test_train_claims.py",)
+
+
+def pytest_collection_modifyitems(config, items):
+    def weight(item):
+        name = item.path.name
+        if name in LONGEST_FIRST:
+            return (0, LONGEST_FIRST.index(name))
+        return (1 if item.get_closest_marker("slow") else 2, 0)
+
+    file_weight = {}
+    for it in items:
+        file_weight[it.path] = min(file_weight.get(it.path, (9, 0)), weight(it))
+    items.sort(key=lambda it: file_weight[it.path])  # stable: the order inside a file is kept
