@@ -128,6 +128,17 @@ def small_proxy(small_proxy_assets, proxy_cache):
 
 
 # ---- scheduling ---------------------------------------------------------------------------------
+def pytest_configure(config):
+    """One torch thread per xdist worker: with one worker per core, torch's default (one thread per
+    core in every worker) oversubscribes the CPU and the FLOP-counting tests ran ~2x slower."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+
+
 # Longest files first: pytest-xdist (--dist loadfile) hands files to its workers in collection order,
 # so the file that trains a teacher and nine students (~9 min on one core) must not start last.
 LONGEST_FIRST = ("test_train_claims.py",)
