@@ -139,9 +139,11 @@ def pytest_configure(config):
         torch.set_num_threads(1)
 
 
-# Longest files first: pytest-xdist (--dist loadfile) hands files to its workers in collection order,
-# so the file that trains a teacher and nine students (~9 min on one core) must not start last.
-LONGEST_FIRST = ("test_train_claims.py",)
+# Longest files first (measured with --durations): pytest-xdist (--dist loadfile, no reorder) hands
+# files to its workers in collection order, so the file that trains a teacher and eight students
+# (~6 min on one core) must not start last.
+LONGEST_FIRST = ("test_train_claims.py", "test_arch_space.py", "test_arch_cost.py", "test_train.py",
+                 "test_train_decoder_claim.py", "test_proxy.py", "test_study_run.py")
 
 
 def pytest_collection_modifyitems(config, items):

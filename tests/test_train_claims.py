@@ -3,7 +3,8 @@ tests/proxy_helpers.py, the tiny student of test_train.py, a small SD3-style tea
 `snapgen train` itself): timestep-aware KD beats no KD and is at least as good as the linear
 combination over 2 seeds; the step-distilled student at 4 steps beats the undistilled one at 4 steps;
 the tiny decoder's PSNR is within 1 dB of the baseline decoder trained the same way, at a fraction of
-its GFLOPs. The embedded-default numbers (docs/train.md) come from benches/train_distill.py."""
+its GFLOPs (test_train_decoder_claim.py, a file of its own so the second xdist worker takes it). The
+embedded-default numbers (docs/train.md) come from benches/train_distill.py."""
 from __future__ import annotations
 
 import json
@@ -62,14 +63,3 @@ def test_step_distilled_student_beats_undistilled_at_4_steps(kd_runs, fmnist_sma
     undistilled = json.loads(ev.stdout)["value"]
     print("4 steps: distilled", r["value"], "undistilled", undistilled)
     assert r["value"] < undistilled
-
-
-def test_tiny_decoder_within_1db_of_baseline_at_a_fraction_of_gflops(tmp_path, fmnist_small, proxy_cache):
-    res = {b: train(tmp_path / f"dec-{b}", proxy_cache, *small_proxy(fmnist_small), "stage=decoder",
-                    f"decoder.baseline={b}",
-                    "train.steps=200")
-           for b in ("false", "true")}
-    tiny, base = res["false"], res["true"]
-    print("tiny", tiny["psnr_db"], tiny["gflops"], "baseline", base["psnr_db"], base["gflops"])
-    assert tiny["psnr_db"] >= base["psnr_db"] - 1.0
-    assert tiny["gflops"] <= 0.5 * base["gflops"]
