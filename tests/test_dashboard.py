@@ -64,3 +64,17 @@ def test_dashboard_renders_in_headless_chromium(tiny_run, tmp_path):
     rendered = r.stdout.count('class="main-svg"')
     assert rendered >= n_plots, f"{rendered} plot SVGs for {n_plots} figures"
     assert shot.is_file() and shot.stat().st_size > 10_000
+
+
+def test_pareto_points_are_never_near_white(tiny_run):
+    """Optuna's Blues/Reds scales start almost white, so trial 0 looked like an infeasible (grey) point."""
+    from archsearch.study.dashboard import _pareto_figures
+    from archsearch.study.pareto import load_run
+
+    figs = _pareto_figures(load_run(tiny_run))
+    assert len(figs) == 4  # one 3-D and three 2-D projections
+    scales = [tr.marker.colorscale for _, f in figs for tr in f.data if tr.marker.colorscale]
+    assert scales
+    for scale in scales:
+        r, g, b = map(int, re.findall(r"\d+", scale[0][1]))
+        assert min(r, g, b) < 200, scale[0]

@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 
 import optuna
+import plotly.colors
 import plotly.graph_objects as go
 import yaml
 from optuna.trial import TrialState
@@ -22,6 +23,19 @@ from optuna.trial import TrialState
 from archsearch.study.pareto import Run, feasible, fmt_metric, hypervolume_history, pareto_report, pareto_trials
 
 V = optuna.visualization
+
+
+def _visible_colours(fig: go.Figure) -> go.Figure:
+    """Optuna colours trials by number on the full Blues (others) / Reds (Pareto) scales, whose low end
+    is almost white: the lowest-numbered trials (often on the front) looked like the light grey of
+    infeasible trials. Start both scales at a visible shade."""
+    blues = plotly.colors.make_colorscale(plotly.colors.sequential.Blues[3:])
+    reds = plotly.colors.make_colorscale(plotly.colors.sequential.Reds[3:])
+    for tr in fig.data:
+        scale = tr.marker.colorscale
+        if scale:
+            tr.marker.colorscale = reds if "255,245,240" in scale[0][1] else blues
+    return fig
 
 
 def _pareto_figures(run: Run) -> list[tuple[str, go.Figure]]:
@@ -33,10 +47,12 @@ def _pareto_figures(run: Run) -> list[tuple[str, go.Figure]]:
         for combo in [tuple(range(3))]:
             fig = V.plot_pareto_front(run.study, targets=lambda t, c=combo: [t.values[i] for i in c],
                                       target_names=[names[i] for i in combo])
+            _visible_colours(fig)
             out.append((f"Pareto front (3-D): {', '.join(names[i] for i in combo)}", fig))
     for a, b in list(itertools.combinations(range(len(names)), 2))[:3]:
         fig = V.plot_pareto_front(run.study, targets=lambda t, a=a, b=b: [t.values[a], t.values[b]],
                                   target_names=[names[a], names[b]])
+        _visible_colours(fig)
         out.append((f"Pareto front (2-D): {names[a]} vs {names[b]}", fig))
     return out
 
