@@ -1,6 +1,7 @@
 """Shared pytest fixtures (add fixtures only)."""
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 
@@ -69,8 +70,6 @@ def tiny_study(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
     """A finished tiny study (synthetic quality, 10 trials): its run directory."""
-    import os
-
     from archsearch.cli import main
 
     d = tmp_path_factory.mktemp("tiny_run")
@@ -96,8 +95,14 @@ def fmnist_small(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def proxy_cache_root(tmp_path_factory) -> Path:
-    """One artefact cache (``$SNAPGEN_CACHE``) for the whole session; starts empty, like CI's."""
-    return tmp_path_factory.mktemp("snapgen-cache")
+    """One artefact cache (``$SNAPGEN_CACHE``) for the whole run; starts empty, like CI's. The xdist
+    workers share it (their common base temp dir): the cache is content-addressed and locked, so the
+    first worker to need the test-sized autoencoder, latents or classifier builds it and the other
+    waits for it and loads it, as concurrent study workers do."""
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "snapgen-cache"
+    root.mkdir(exist_ok=True)
+    return root
 
 
 @pytest.fixture
@@ -131,8 +136,6 @@ def small_proxy(small_proxy_assets, proxy_cache):
 def pytest_configure(config):
     """One torch thread per xdist worker: with one worker per core, torch's default (one thread per
     core in every worker) oversubscribes the CPU and the FLOP-counting tests ran ~2x slower."""
-    import os
-
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 

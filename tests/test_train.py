@@ -40,6 +40,13 @@ def snapgen(*args, env=None, check=False):
     return r
 
 
+def train_result(out, cache, *over) -> dict:
+    """``snapgen train`` on the embedded config + the tiny student, into ``out``; its result.json."""
+    snapgen("train", CFG, *TINY, *over, f"output_dir={out}", "train.ckpt_every=0", env={"SNAPGEN_CACHE": str(cache)},
+            check=True)
+    return json.loads((out / "result.json").read_text())
+
+
 def one_line_error(r, *needles):
     assert r.returncode != 0
     err = [l for l in r.stderr.strip().splitlines() if l.startswith("error:")]

@@ -12,7 +12,7 @@ import statistics
 
 import pytest
 
-from test_train import CFG, TINY, small_proxy, snapgen
+from test_train import small_proxy, snapgen, train_result as train
 
 pytestmark = pytest.mark.slow
 
@@ -25,12 +25,6 @@ TEACHER = ["teacher.steps=600"]
 # ~11%), a tie; on the embedded default 134.0 vs 138.4 (docs/train.md). "At least as good" is asserted
 # within this tolerance.
 TIE = 0.02
-
-
-def train(out, cache, *over) -> dict:
-    snapgen("train", CFG, *TINY, *over, f"output_dir={out}", "train.ckpt_every=0", env={"SNAPGEN_CACHE": str(cache)},
-            check=True)
-    return json.loads((out / "result.json").read_text())
 
 
 @pytest.fixture(scope="module")

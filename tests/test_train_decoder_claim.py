@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_train import small_proxy
-from test_train_claims import train
+from test_train import small_proxy, train_result as train
 
 pytestmark = pytest.mark.slow
 

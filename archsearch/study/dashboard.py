@@ -18,7 +18,6 @@ import optuna
 import plotly.colors
 import plotly.graph_objects as go
 import yaml
-from optuna.trial import TrialState
 
 from archsearch.study.pareto import Run, feasible, fmt_metric, hypervolume_history, pareto_report, pareto_trials
 
@@ -29,12 +28,12 @@ def _visible_colours(fig: go.Figure) -> go.Figure:
     """Optuna colours trials by number on the full Blues (others) / Reds (Pareto) scales, whose low end
     is almost white: the lowest-numbered trials (often on the front) looked like the light grey of
     infeasible trials. Start both scales at a visible shade."""
-    blues = plotly.colors.make_colorscale(plotly.colors.sequential.Blues[3:])
-    reds = plotly.colors.make_colorscale(plotly.colors.sequential.Reds[3:])
+    seq = plotly.colors.sequential
     for tr in fig.data:
         scale = tr.marker.colorscale
         if scale:
-            tr.marker.colorscale = reds if "255,245,240" in scale[0][1] else blues
+            colours = seq.Reds if scale[0][1] == seq.Reds[0] else seq.Blues
+            tr.marker.colorscale = plotly.colors.make_colorscale(colours[3:])
     return fig
 
 
