@@ -110,6 +110,21 @@ def test_download_checksum_mismatch_writes_nothing(http_dir, tmp_cache, monkeypa
         fm.load("train", mirror="http://127.0.0.1:9/")
 
 
+def test_offline_missing_dataset_says_where_it_looked_and_the_fix(tmp_cache, monkeypatch, capsys):
+    """A fresh offline machine without the data: one line naming every place looked in and the fix."""
+    from snapgen.cli import main
+
+    monkeypatch.setattr(fm, "DEBIAN_DIR", Path("/nonexistent/fashion-mnist"))
+    monkeypatch.setenv(fm.MIRROR_ENV, "http://127.0.0.1:9/")
+    with pytest.raises(SystemExit) as e:
+        main(["proxy", "--preset", "a", "--steps", "1"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err
+    for part in (str(fm.user_cache_dir()), "/nonexistent/fashion-mnist", "127.0.0.1:9",
+                 "apt-get install dataset-fashion-mnist", "proxy.data_path"):
+        assert part in err, part
+
+
 def test_imagefolder_center_crop_resize_and_class_map(tmp_path):
     root = tmp_path / "imgs"
     for cid, color, size in (("n01", (255, 0, 0), (40, 20)), ("n02", (0, 0, 255), (17, 33))):

@@ -55,6 +55,10 @@ CHECKSUMS = {
 }
 
 
+class _DownloadFailed(Exception):
+    """The mirror could not be reached (offline): turned into one line saying where we looked."""
+
+
 def user_cache_dir() -> Path:
     return cache_dir("datasets", "fashion-mnist")
 
@@ -78,8 +82,7 @@ def _download(base: str, dest_dir: Path, mirror: str, checksums: dict[str, dict[
         with urllib.request.urlopen(url, timeout=60) as r:
             data = r.read()
     except (urllib.error.URLError, OSError) as e:
-        reason = getattr(e, "reason", e)
-        raise DataError(f"Fashion-MNIST not found locally and download failed: {reason}", file=url) from None
+        raise _DownloadFailed(f"{url}: {getattr(e, 'reason', e)}") from None
     want = checksums[base]
     ok = hashlib.md5(data).hexdigest() == want["md5"]
     if not ok:  # recompressed copies keep the decompressed content: compare that
@@ -122,9 +125,15 @@ def locate(path: str | Path | None = None, *, download: bool = True, mirror: str
         found = _find_in(cache)
         if found is not None:
             return found
-        for base in FILES.values():
-            if not (cache / f"{base}.gz").is_file():
-                _download(base, cache, mirror, checksums)
+        try:
+            for base in FILES.values():
+                if not (cache / f"{base}.gz").is_file():
+                    _download(base, cache, mirror, checksums)
+        except _DownloadFailed as e:
+            raise DataError(f"Fashion-MNIST not found: looked in {cache} and {DEBIAN_DIR}, and the download failed "
+                            f"({e}); fix: `apt-get install dataset-fashion-mnist` (Debian/Ubuntu; `bash "
+                            f"scripts/setup.sh` does it), or put the four IDX files ({', '.join(FILES.values())}, "
+                            f".gz or plain) in {cache}, or give their directory as proxy.data_path") from None
     return _find_in(cache)
 
 
