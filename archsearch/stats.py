@@ -54,16 +54,26 @@ def summarise_seeds(values: Sequence[float]) -> SeedSummary:
 
 
 # ---- rank agreement -------------------------------------------------------------------------------
-def _spearman(x, y) -> float:
-    from scipy.stats import spearmanr
+def _spearman(x, y, axis=-1):
+    """Spearman rho along the last axis: Pearson's r of scipy's average ranks (ties as scipy.stats.spearmanr
+    treats them). Written for a batch of bootstrap resamples at once, which scipy's spearmanr is not."""
+    from scipy.stats import rankdata
 
-    return float(spearmanr(x, y).statistic)
+    rx, ry = rankdata(x, axis=-1), rankdata(y, axis=-1)
+    rx = rx - rx.mean(axis=-1, keepdims=True)
+    ry = ry - ry.mean(axis=-1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (rx * ry).sum(-1) / np.sqrt((rx * rx).sum(-1) * (ry * ry).sum(-1))
 
 
-def _kendall(x, y) -> float:
-    from scipy.stats import kendalltau
-
-    return float(kendalltau(x, y).statistic)
+def _kendall(x, y, axis=-1):
+    """Kendall tau-b along the last axis, sum sign(dx) sign(dy) / sqrt(sum sign(dx)^2 sum sign(dy)^2) over all
+    pairs (equal to scipy.stats.kendalltau's tau-b, ties included), batched like :func:`_spearman`."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    dx = np.sign(x[..., :, None] - x[..., None, :])
+    dy = np.sign(y[..., :, None] - y[..., None, :])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (dx * dy).sum((-1, -2)) / np.sqrt((dx * dx).sum((-1, -2)) * (dy * dy).sum((-1, -2)))
 
 
 def rank_agreement(x: Sequence[float], y: Sequence[float], *, n_resamples: int = 2000, confidence: float = 0.95,
@@ -71,12 +81,13 @@ def rank_agreement(x: Sequence[float], y: Sequence[float], *, n_resamples: int =
     """Spearman rho and Kendall tau (tau-b) between ``x`` and ``y`` (paired by architecture), each with a
     percentile bootstrap interval that resamples architectures.
 
-    The resampling is scipy's (``scipy.stats.bootstrap``, paired); the interval is taken with
-    ``np.nanpercentile`` over its bootstrap distribution rather than scipy's own, because scipy's is
-    NaN as soon as one resample is degenerate (with K architectures, a resample can hold one of them
-    K times, and a correlation of a constant is undefined). Those resamples are dropped and counted
+    The point estimates are scipy's (``spearmanr``, ``kendalltau``); the resampling is scipy's
+    (``scipy.stats.bootstrap``, paired) with the batched statistics above; the interval is taken with
+    ``np.percentile`` over its bootstrap distribution rather than scipy's own, because scipy's is NaN
+    as soon as one resample is degenerate (with K architectures, a resample can hold one of them K
+    times, and a correlation of a constant is undefined). Those resamples are dropped and counted
     (``resamples_used``)."""
-    from scipy.stats import bootstrap
+    from scipy.stats import bootstrap, kendalltau, spearmanr
 
     x = np.asarray(list(x), dtype=float)
     y = np.asarray(list(y), dtype=float)
@@ -86,16 +97,17 @@ def rank_agreement(x: Sequence[float], y: Sequence[float], *, n_resamples: int =
         raise ValueError(f"a rank correlation needs >= 2 architectures, got {len(x)}")
     out = {"n": int(len(x)), "confidence": confidence, "method": "percentile bootstrap over architectures"}
     alpha = 100 * (1 - confidence) / 2
+    point = {"spearman": lambda: spearmanr(x, y).statistic, "kendall": lambda: kendalltau(x, y).statistic}
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # ConstantInputWarning of the degenerate resamples
+        warnings.simplefilter("ignore")  # ConstantInputWarning of degenerate data
         for name, fn in (("spearman", _spearman), ("kendall", _kendall)):
-            value = fn(x, y)
+            value = float(point[name]())
             if len(x) < 3:  # two points: +-1 by construction, and no resample is informative
                 out[name] = {"value": value, "low": float("nan"), "high": float("nan"), "resamples_used": 0,
                              "resamples": 0}
                 continue
-            res = bootstrap((x, y), fn, paired=True, vectorized=False, n_resamples=n_resamples,
-                            method="percentile", rng=np.random.default_rng(seed))
+            res = bootstrap((x, y), fn, paired=True, vectorized=True, n_resamples=n_resamples, method="percentile",
+                            batch=max(1, int(2e6 // len(x) ** 2)), rng=np.random.default_rng(seed))
             dist = np.asarray(res.bootstrap_distribution, dtype=float)
             ok = dist[np.isfinite(dist)]
             lo, hi = (np.percentile(ok, [alpha, 100 - alpha]) if len(ok) else (float("nan"), float("nan")))

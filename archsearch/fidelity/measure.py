@@ -64,10 +64,19 @@ class Plan:
 
 
 # ---- the study behind a run -----------------------------------------------------------------------
-def _find_space(run_dir: Path, space: str) -> Path:
+def _find_space(run_dir: Path, space: str, name: str) -> Path:
     """The run's study.yaml names its space relative to the original study file; that file is recorded
-    in provenance.jsonl (as given on its command line, relative to where it ran)."""
+    in provenance.jsonl (as given on its command line, relative to where it ran), and it must still be
+    a study of the same name."""
     import json
+
+    import yaml
+
+    def same_study(f: Path) -> bool:
+        try:
+            return f.is_file() and (yaml.safe_load(f.read_text()) or {}).get("name") == name
+        except (OSError, yaml.YAMLError, AttributeError):
+            return False
 
     p = Path(space).expanduser()
     if p.is_absolute():
@@ -84,10 +93,10 @@ def _find_space(run_dir: Path, space: str) -> Path:
             for b in bases:
                 cand = (b.parent / p).resolve()
                 tried.append(str(cand))
-                if b.is_file() and cand.is_file():
+                if cand.is_file() and same_study(b):
                     return cand
     raise UserError(f"cannot find the search space {space!r} of this run (it is relative to the study file; tried "
-                    f"{', '.join(tried) or 'no recorded study file'}); run from where the study was run", 
+                    f"{', '.join(tried) or 'no recorded study file'}); run from where the study was run",
                     file=str(run_dir / "study.yaml"), key="space")
 
 
@@ -107,7 +116,7 @@ def study_of_run(run_dir: Path):
     data = yaml.safe_load(f.read_text())
     cfg = to_structured(data, StudyCfg, file=str(f))
     cfg.output_dir = str(run_dir)
-    space = SearchSpace.load(_find_space(run_dir, cfg.space))
+    space = SearchSpace.load(_find_space(run_dir, cfg.space, cfg.name))
     metrics = metrics_for(space.kind)
     cons = [parse_constraint(c, file=str(f), key=f"constraints[{i}]", metrics=metrics)
             for i, c in enumerate(cfg.constraints)]
