@@ -94,6 +94,7 @@ def test_fidelity_of_a_run(run_copy, capsys):
     assert c["spearman"]["value"] == pytest.approx(spearmanr(x, y).statistic)
     assert c["kendall"]["value"] == pytest.approx(kendalltau(x, y).statistic)
     assert -1 <= c["spearman"]["low"] <= c["spearman"]["high"] <= 1
+    assert "share seeds [0, 1]" in c["note"]
     assert [s["proxy_seed"] for s in rep["single_seed"]] == [0, 1]
     s0 = rep["single_seed"][0]
     assert s0["reference_seeds"] == [1, 2]
@@ -134,6 +135,12 @@ def test_fidelity_of_a_run(run_copy, capsys):
     rep3 = _fidelity_json([str(run_copy), "--k", "6", "--seeds", "3", "--budget-mult", "8", "--bootstrap", "200"],
                           capsys)
     assert rep3["files"]["dir"] != rep["files"]["dir"] and rep3["noise"]["proxy"] is None
+    # the dashboard's hooks: every report of the run, and an HTML section without plotly.js
+    from archsearch.fidelity.report import fidelity_section, load_reports
+
+    assert {r["files"]["dir"] for r in load_reports(run_copy)} == {rep["files"]["dir"], rep3["files"]["dir"]}
+    sec = fidelity_section(rep)
+    assert sec.startswith("<h2>Proxy fidelity") and "front recovery" in sec and len(sec) < 200_000
     assert len(_lines(run_copy / "fidelity" / "evaluations.jsonl")) == 24 + 18
 
 
@@ -312,3 +319,31 @@ def test_the_adapter_trains_through_the_proxy(small_proxy, tmp_path, monkeypatch
     res = quality_value(study, small_spec(), 0, ref.quality)
     assert res.metric == "fd-fmnist" and res.steps == 8 and math.isfinite(res.value) and res.value > 0
     assert [e[0] for e in res.evaluations] == [8]  # no intermediate evaluations at the reference
+
+
+def test_report_without_an_objective_has_no_fronts_and_says_why(tmp_path, monkeypatch):
+    """A preset the study's latency table does not cover: correlations and noise still, fronts skipped."""
+    from archsearch.fidelity.evaluate import proxy_side, reference_side
+    from archsearch.fidelity.report import build_report, fidelity_section, print_report
+    from archsearch.fidelity.select import from_presets
+    from archsearch.study.schema import load_study
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "space.yaml").write_text(PRESET_SPACE)
+    (tmp_path / "study.yaml").write_text(tiny_study_text())
+    study = load_study(tmp_path / "study.yaml")
+    cands = from_presets(study, ["tiny", "wide", "deep"])
+    for i, c in enumerate(cands):
+        c.metrics = {"params": 1e6 * (i + 1), "gflops": 0.01}
+    cands[1].missing = "table has no entry for unit conv"
+    ps, rs = proxy_side(study, (0, 1)), reference_side(study, (0, 1), budget_mult=2)
+    pv = [{0: 1.0, 1: 2.0}, {0: 3.0, 1: 3.5}, {0: 5.0, 1: 4.0}]
+    rv = [{0: 1.5, 1: 2.5}, {0: 3.0, 1: 4.0}, {0: 6.0, 1: 5.0}]
+    rep = build_report(study=study, source={"kind": "presets"}, cands=cands, quality="synthetic", proxy_side=ps,
+                       reference_side=rs, proxy_values=pv, reference_values=rv, seconds={"proxy": 1.0},
+                       n_resamples=200)
+    assert rep["fronts"] == {"skipped": "no fronts: an objective is missing for wide: table has no entry for unit conv"}
+    assert rep["correlation"]["spearman"]["value"] == pytest.approx(1.0)
+    assert rep["noise"]["proxy"]["noise"] == pytest.approx(math.sqrt((0.5 + 0.125 + 0.5) / 3))
+    assert "no fronts" in fidelity_section(rep)
+    print_report(rep)

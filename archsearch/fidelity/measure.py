@@ -192,7 +192,7 @@ def plan(source: str | None, *, presets: str | None = None, k: int = 12, budget_
                 raise UserError(f"{c.label} cannot be evaluated by the {side.name}: {e.line()}", file=CLI,
                                 key="--presets" if presets else None) from None
             if side.name == "proxy" and presets:
-                c.metrics = _exact_metrics(study, runner, c.spec, quality)
+                c.metrics, c.missing = _exact_metrics(study, runner, c.spec, quality)
     pl = Plan(study=study, source=source_info, cands=cands, quality=quality, proxy=proxy, reference=reference,
               root=root)
     for side in (proxy, reference):
@@ -205,8 +205,10 @@ def plan(source: str | None, *, presets: str | None = None, k: int = 12, budget_
     return pl
 
 
-def _exact_metrics(study, runner, spec, quality) -> dict:
-    """The cost and latency metrics a trial of this study records for ``spec`` (not the quality)."""
+def _exact_metrics(study, runner, spec, quality) -> tuple[dict, str | None]:
+    """The cost and latency metrics a trial of this study records for ``spec`` (not the quality), and why
+    the latency is missing where the study's latency model cannot give it (a preset outside the space its
+    table was calibrated for): the report then has no fronts, and says why."""
     import warnings
 
     needed = [m for m in study.needed_metrics() if m != quality]
@@ -214,8 +216,11 @@ def _exact_metrics(study, runner, spec, quality) -> dict:
         warnings.simplefilter("ignore")
         m = runner.cost(spec)
     if any(n.endswith("latency_ms") for n in needed):
-        m.update(runner.latency.metrics(spec, study.space.kind, needed))
-    return m
+        try:
+            m.update(runner.latency.metrics(spec, study.space.kind, needed))
+        except UserError as e:
+            return m, e.line()
+    return m, None
 
 
 # ---- execution ------------------------------------------------------------------------------------

@@ -89,18 +89,27 @@ def build_report(*, study, source: dict, cands, quality: str, proxy_side, refere
     for name, vals in (("proxy", proxy_values), ("reference", reference_values)):
         side = proxy_side if name == "proxy" else reference_side
         noise[name] = seed_noise([list(v.values()) for v in vals]) if len(side.seeds) >= 2 else None
-    rows_p, feas_p = _objective_rows(study, cands, quality, x)
-    rows_r, feas_r = _objective_rows(study, cands, quality, y)
     dirs = study.directions
-    front_p = _front(rows_p, feas_p, dirs)
-    front_r = _front(rows_r, feas_r, dirs)
-    qcol = study.objective_names.index(quality) if quality in study.objective_names else None
-    se = [[(a["reference"]["sem"] if (j == qcol and a["reference"]["n"] > 1) else 0.0)
-           for j in range(len(dirs))] for a in archs]
-    front_rn = _front(rows_r, feas_r, dirs, se)
+    missing = next((f"{c.label}: {c.missing}" for c in cands if c.missing), None)
+    if missing is None:
+        rows_p, feas_p = _objective_rows(study, cands, quality, x)
+        rows_r, feas_r = _objective_rows(study, cands, quality, y)
+        front_p = _front(rows_p, feas_p, dirs)
+        front_r = _front(rows_r, feas_r, dirs)
+        qcol = study.objective_names.index(quality) if quality in study.objective_names else None
+        se = [[(a["reference"]["sem"] if (j == qcol and a["reference"]["n"] > 1) else 0.0)
+               for j in range(len(dirs))] for a in archs]
+        front_rn = _front(rows_r, feas_r, dirs, se)
+    else:
+        front_p = front_r = front_rn = []
+        feas_p = feas_r = [None] * len(archs)
     for i, a in enumerate(archs):
         a.update(proxy_front=i in front_p, reference_front=i in front_r, reference_front_noisy=i in front_rn,
                  feasible_proxy=feas_p[i], feasible_reference=feas_r[i])
+    shared = sorted(set(proxy_side.seeds) & set(reference_side.seeds))
+    corr["note"] = (f"proxy and reference share seeds {shared}: a seed's noise can be common to both sides, which "
+                    "raises this correlation; single_seed compares each proxy seed with the other seeds' reference"
+                    if shared else "proxy and reference seeds are disjoint")
     labels = [a["label"] for a in archs]
     rec = front_recovery([labels[i] for i in front_p], [labels[i] for i in front_r])
     rep = {
@@ -110,11 +119,12 @@ def build_report(*, study, source: dict, cands, quality: str, proxy_side, refere
                            "describe": s.describe()} for s in (proxy_side, reference_side)},
         "architectures": archs,
         "correlation": corr, "single_seed": single, "noise": noise,
-        "fronts": {"proxy": [labels[i] for i in front_p], "reference": [labels[i] for i in front_r],
-                   "reference_noisy": [labels[i] for i in front_rn], "recovery": rec,
-                   "note": "Pareto fronts of these K architectures (feasible ones) under the study's objectives; "
-                           "reference_noisy keeps every architecture no other beats by more than 1.96 standard "
-                           "errors of the reference seeds"},
+        "fronts": ({"proxy": [labels[i] for i in front_p], "reference": [labels[i] for i in front_r],
+                    "reference_noisy": [labels[i] for i in front_rn], "recovery": rec,
+                    "note": "Pareto fronts of these K architectures (feasible ones) under the study's objectives; "
+                            "reference_noisy keeps every architecture no other beats by more than 1.96 standard "
+                            "errors of the reference seeds"}
+                   if missing is None else {"skipped": f"no fronts: an objective is missing for {missing}"}),
         "seconds_per_evaluation": seconds,
     }
     return clean(rep)
@@ -142,9 +152,12 @@ def print_report(rep: dict, file=None) -> None:
     for s in rep["single_seed"]:
         print(f"  proxy seed {s['proxy_seed']} vs reference seeds {s['reference_seeds']}: rho {_ci(s['spearman'])}  "
               f"tau {_ci(s['kendall'])}", file=file)
-    r = rep["fronts"]["recovery"]
-    print(f"  front recovery: {r['recovered']} of the {r['of']} reference-front members are on the proxy front "
-          f"({r['proxy_front_size']} members)", file=file)
+    if "skipped" in rep["fronts"]:
+        print(f"  {rep['fronts']['skipped']}", file=file)
+    else:
+        r = rep["fronts"]["recovery"]
+        print(f"  front recovery: {r['recovered']} of the {r['of']} reference-front members are on the proxy front "
+              f"({r['proxy_front_size']} members)", file=file)
     for name in ("proxy", "reference"):
         nz = rep["noise"].get(name)
         if nz:
@@ -198,11 +211,11 @@ def fidelity_section(rep: dict, *, include_plotlyjs: bool | str = False) -> str:
     """An HTML fragment (heading, summary table, the scatter) for a run's dashboard; pass
     ``include_plotlyjs=True`` where the page does not embed plotly.js already."""
     c = rep["correlation"]
-    r = rep["fronts"]["recovery"]
     rows = [("Spearman rho (95% CI)", _ci(c["spearman"])), ("Kendall tau (95% CI)", _ci(c["kendall"]))]
     rows += [(f"single seed {s['proxy_seed']} vs other seeds' reference: rho", _ci(s["spearman"]))
              for s in rep["single_seed"]]
-    rows.append(("front recovery", f"{r['recovered']} / {r['of']}"))
+    r = rep["fronts"].get("recovery")
+    rows.append(("front recovery", f"{r['recovered']} / {r['of']}" if r else rep["fronts"]["skipped"]))
     for name in ("proxy", "reference"):
         nz = rep["noise"].get(name)
         if nz:
@@ -236,3 +249,10 @@ def write_html(rep: dict, path: str | Path) -> Path:
 
 def dumps(rep: dict) -> str:
     return json.dumps(rep, indent=2, allow_nan=False)
+
+
+def load_reports(run_dir: str | Path) -> list[dict]:
+    """Every fidelity report of a run (``<run>/fidelity/*/report.json``), newest first: what a dashboard
+    shows with :func:`fidelity_section`."""
+    paths = sorted(Path(run_dir).glob("fidelity/*/report.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return [json.loads(p.read_text()) for p in paths]

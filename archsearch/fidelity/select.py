@@ -31,6 +31,7 @@ class Candidate:
     run_front: bool = False
     run_value: float | None = None  # the run's own proxy value (its study seed), if any
     run_seconds: float | None = None  # what that value cost the run (its quality_s)
+    missing: str | None = None  # why an exact metric could not be computed (presets only)
 
 
 def stratified(values, m: int, rng: np.random.Generator) -> list[int]:
