@@ -123,21 +123,19 @@ def _set(space: SearchSpace, arch: dict, field: str, stage: int | None, value) -
     return a
 
 
-def _activation_points(space: SearchSpace, base: dict) -> list[tuple[str, dict]]:
-    """The base with each inactive conditional dimension's ``when`` mapping satisfied (first allowed value)."""
-    out = []
+def _activation_points(space: SearchSpace, base: dict) -> dict[str, tuple[str, dict]]:
+    """Per conditional dimension inactive at the base: the base with its ``when`` mapping satisfied
+    (first allowed value); used for that dimension only (the other fields may not fit it)."""
+    out = {}
     for dim in space.dimensions:
         if not isinstance(dim.when, Mapping):
             continue
-        for _, stage in space.params_of(dim):
-            if space._active(dim, base, stage):
-                continue
-            a = copy.deepcopy(base)
-            for k, v in dim.when.items():
-                a[k] = (v[0] if isinstance(v, list) else v)
-            label = "base with " + ", ".join(f"{k}={v[0] if isinstance(v, list) else v}" for k, v in dim.when.items())
-            if label not in [l for l, _ in out]:
-                out.append((label, a))
+        if all(space._active(dim, base, stage) for _, stage in space.params_of(dim)):
+            continue
+        a = copy.deepcopy(base)
+        for k, v in dim.when.items():
+            a[k] = v[0] if isinstance(v, list) else v
+        out[dim.name] = ("base with " + ", ".join(f"{k}={a[k]}" for k in dim.when), a)
     return out
 
 
@@ -150,48 +148,67 @@ def _random_archs(space: SearchSpace, n: int, seed: int):
         yield space.suggest(t)
 
 
-def blind_parameters(space: SearchSpace, proxy: Proxy, *, points: int = 4, seed: int = 0) -> list[dict]:
+def _compare(space, proxy, dim, stage, arch, values, rec) -> dict[str, list] | None:
+    """The parameter's buildable values at ``arch`` grouped by proxy model; None if fewer than two build."""
+    groups: dict[str, list] = {}
+    for v in values:
+        try:
+            full = build(space, _set(space, arch, dim.name, stage, v))
+        except UserError:
+            rec["unbuildable"][f"{v!r} (full size)"] += 1
+            continue
+        try:
+            groups.setdefault(proxy.key(full), []).append(v)
+        except UserError:
+            rec["unbuildable"][f"{v!r} (proxy size)"] += 1
+    return groups if sum(len(g) for g in groups.values()) >= 2 else None
+
+
+def blind_parameters(space: SearchSpace, proxy: Proxy, *, points: int = 4, seed: int = 0,
+                     search: int = 300) -> list[dict]:
+    """Each searched parameter varied alone at the base, at ``points`` random valid points and, for a
+    conditional dimension inactive at the base, at the base with its condition met; a parameter that
+    none of those could test (fewer than two of its values buildable) is tried at up to ``search``
+    further random points until one can."""
     base = space.base_dict()
-    pts: list[tuple[str, dict]] = [("base", base)] + _activation_points(space, base)
-    found = 0
-    for arch in _random_archs(space, 50 * max(points, 1), seed + 1):
-        if found >= points:
-            break
+    common: list[tuple[str, dict]] = [("base", base)]
+    activation = _activation_points(space, base)
+    pool = []  # random points valid at both sizes
+    for arch in _random_archs(space, max(search, 50 * max(points, 1)), seed + 1):
         try:
             proxy.spec(build(space, arch))
         except UserError:
             continue
-        pts.append((f"random point {found + 1}", arch))
-        found += 1
+        pool.append(arch)
+    common += [(f"random point {i + 1}", a) for i, a in enumerate(pool[:points])]
     out = []
     for dim in space.dimensions:
         for pname, stage in space.params_of(dim):
             values = _values(dim.distribution(stage))
             rec = {"parameter": pname, "values": values, "points": 0, "blind_at": [], "inactive_at": 0,
                    "unbuildable": Counter(), "proxy_values": None}
-            for label, arch in pts:
-                if not space._active(dim, arch, stage):
-                    rec["inactive_at"] += 1
-                    continue
-                groups: dict[str, list] = {}
-                for v in values:
-                    try:
-                        full = build(space, _set(space, arch, dim.name, stage, v))
-                    except UserError:
-                        rec["unbuildable"][f"{v!r} (full size)"] += 1
+            pts = common + ([activation[dim.name]] if dim.name in activation else [])
+            extra = iter([(f"random point {points + i + 1} (searched)", a) for i, a in enumerate(pool[points:])])
+            while True:
+                for label, arch in pts:
+                    if not space._active(dim, arch, stage):
+                        rec["inactive_at"] += 1
                         continue
-                    try:
-                        groups.setdefault(proxy.key(full), []).append(v)
-                    except UserError:
-                        rec["unbuildable"][f"{v!r} (proxy size)"] += 1
-                if sum(len(g) for g in groups.values()) < 2:
-                    continue  # fewer than two buildable values here: nothing to compare
-                rec["points"] += 1
-                collapsed = [g for g in groups.values() if len(g) > 1]
-                if collapsed:
-                    rec["blind_at"].append({"point": label, "same_proxy_model": collapsed})
-                if rec["proxy_values"] is None and dim.name in ("channels", "layers", "transformer_depth", "blocks"):
-                    rec["proxy_values"] = _proxy_field(space, proxy, arch, dim.name, stage, values)
+                    groups = _compare(space, proxy, dim, stage, arch, values, rec)
+                    if groups is None:
+                        continue  # fewer than two buildable values here: nothing to compare
+                    rec["points"] += 1
+                    collapsed = [g for g in groups.values() if len(g) > 1]
+                    if collapsed:
+                        rec["blind_at"].append({"point": label, "same_proxy_model": collapsed})
+                    if rec["proxy_values"] is None and dim.name in ("channels", "layers", "transformer_depth", "blocks"):
+                        rec["proxy_values"] = _proxy_field(space, proxy, arch, dim.name, stage, values)
+                if rec["points"] or len(values) < 2:
+                    break
+                nxt = next(extra, None)  # not tested yet: look further, one point at a time
+                if nxt is None:
+                    break
+                pts = [nxt]
             rec["blind"] = bool(rec["blind_at"])
             rec["unbuildable"] = dict(rec["unbuildable"])
             out.append(rec)
@@ -295,8 +312,10 @@ def print_check(rep: dict, file=None) -> None:
             first = p["blind_at"][0]
             groups = "; ".join("/".join(map(str, g)) for g in first["same_proxy_model"])
             status = f"BLIND at {len(p['blind_at'])}/{p['points']} points: {groups} -> one proxy model ({first['point']})"
+        elif len(p["values"]) < 2:
+            status = "one choice (nothing to compare)"
         elif p["points"] == 0:
-            status = "not tested (inactive or one buildable value at every point)"
+            status = "not tested (inactive or one buildable value at every point tried)"
             if p["unbuildable"]:
                 status += "; unbuildable: " + ", ".join(f"{v} at {k} point(s)" for v, k in p["unbuildable"].items())
         else:

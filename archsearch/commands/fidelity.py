@@ -10,7 +10,8 @@ def add_arguments(p):
                    "(its run; with --presets, its settings). With --presets alone: studies/unet.yaml")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="reference settings: keys of the study's proxy: section (synthetic: for the synthetic "
-                        "metric), dotted for nested ones, e.g. num_samples=1000 sample_steps=16")
+                        "metric), dotted for nested ones, e.g. num_samples=1000 sample_steps=16; right after "
+                        "the source, as for `archsearch run`")
     p.add_argument("--presets", help="comma-separated presets of the study's space and/or spec files, instead of "
                    "the run's trials (the proxy side is then evaluated too, with the same seeds)")
     p.add_argument("--k", type=int, default=12, help="architectures from a run: its Pareto front plus a sample of the "
