@@ -347,3 +347,16 @@ def test_report_without_an_objective_has_no_fronts_and_says_why(tmp_path, monkey
     assert rep["noise"]["proxy"]["noise"] == pytest.approx(math.sqrt((0.5 + 0.125 + 0.5) / 3))
     assert "no fronts" in fidelity_section(rep)
     print_report(rep)
+
+
+def test_same_settings_on_both_sides_are_evaluated_once(run_copy, capsys):
+    """--budget-mult 1 and no overrides: the reference is the proxy's settings, one evaluation per key."""
+    rep = _fidelity_json([str(run_copy), "--k", "4", "--seeds", "2", "--proxy-seeds", "2", "--budget-mult", "1",
+                          "--bootstrap", "200"], capsys)
+    assert rep["sides"]["proxy"]["settings_key"] == rep["sides"]["reference"]["settings_key"]
+    lines = _lines(run_copy / "fidelity" / "evaluations.jsonl")
+    # seeds 0 and 1 once each (not 0, 1 for the reference and 1 again for the proxy); the proxy's seed 0 is the run's
+    assert len(lines) == 4 * 2 == len({r["key"] for r in lines})
+    for a in rep["architectures"]:
+        assert a["proxy"]["values"]["1"] == a["reference"]["values"]["1"]
+        assert a["reference"]["values"]["0"] == pytest.approx(a["proxy"]["values"]["0"])  # re-run = the run's value

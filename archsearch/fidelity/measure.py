@@ -195,13 +195,17 @@ def plan(source: str | None, *, presets: str | None = None, k: int = 12, budget_
                 c.metrics, c.missing = _exact_metrics(study, runner, c.spec, quality)
     pl = Plan(study=study, source=source_info, cands=cands, quality=quality, proxy=proxy, reference=reference,
               root=root)
+    seen: set[str] = set()
     for side in (proxy, reference):
         run_seed = s0 if (side.name == "proxy" and not presets) else None  # the run holds these values
         for seed in side.seeds:  # seed-major: an interrupted measurement has whole seeds first
             if seed == run_seed:
                 continue
             for i, c in enumerate(cands):
-                pl.jobs.append(Job(evaluation_key(c.spec_hash, seed, side.key), i, side.name, seed))
+                key = evaluation_key(c.spec_hash, seed, side.key)
+                if key not in seen:  # --budget-mult 1 without overrides: both sides are the same settings
+                    seen.add(key)
+                    pl.jobs.append(Job(key, i, side.name, seed))
     return pl
 
 

@@ -144,7 +144,8 @@ def print_report(rep: dict, file=None) -> None:
             if src["kind"] == "run" else f"{n} presets/specs")
     pr, rf = rep["sides"]["proxy"], rep["sides"]["reference"]
     print(f"fidelity of {rep['study']} ({rep['metric']}, {rep['direction']}): {what}", file=file)
-    print(f"  proxy:     {pr['describe']}" + ("  (the run's own values)" if src["kind"] == "run" else ""), file=file)
+    own = f"  (seed {pr['seeds'][0]}: the run's own values)" if src["kind"] == "run" else ""
+    print(f"  proxy:     {pr['describe']}{own}", file=file)
     print(f"  reference: {rf['describe']}", file=file)
     c = rep["correlation"]
     print(f"  Spearman rho {_ci(c['spearman'])}   Kendall tau {_ci(c['kendall'])}   (95% bootstrap over "
