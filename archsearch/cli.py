@@ -16,6 +16,8 @@ COMMANDS = {
     "export": "every trial of a study as CSV or Parquet (pandas)",
     "promote": "write the `snapgen train` config (ArchSpec + provenance) of a chosen trial: --trial N, --pick knee, --pick 'min M where M2 <= X'",
     "ablate": "a declarative ablation (cumulative ladder or one-at-a-time variants), >= 2 seeds each",
+    "fidelity": "proxy vs a longer, multi-seed reference: Spearman/Kendall with intervals, front recovery, seed noise",
+    "space": "`space check SPACE`: searched parameters the proxy cannot see (blind), invalid-sample shares",
 }
 
 
