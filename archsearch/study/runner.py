@@ -287,15 +287,15 @@ def format_values(study, values) -> str:
 
 def run_worker(study, *, workers: int = 1, progress: bool = True, deadline: float | None = None) -> dict:
     """One worker's ask/tell loop until the study has ``n_trials`` counted trials (or the timeout)."""
-    from tqdm import tqdm
+    from snapgen.progress import progress as progress_bar
 
     cfg = study.cfg
     storage = open_storage(cfg.storage, heartbeat_interval=cfg.heartbeat.interval,
                            grace_period=cfg.heartbeat.grace_period, max_retry=cfg.heartbeat.max_retry)
     ostudy = create_or_load(study, storage)
     n = cfg.n_trials
-    bar = tqdm(total=n, desc=f"study {study.name}", unit="trial", file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=n, desc=f"study {study.name}", unit="trial", file=sys.stderr, disable=not progress,
+                       dynamic_ncols=True)
     log = bar.write if progress else (lambda s: print(s, file=sys.stderr, flush=True))
     runner = TrialRunner(study, ostudy, workers=workers, log=log)
     ran = failures = 0
@@ -420,7 +420,7 @@ def _run_study(study, *, workers, progress, worker_only, finish):
 def _run_local_workers(study, workers: int, progress: bool, deadline) -> None:
     """``--workers N``: N processes of ``archsearch run ... --worker-only`` on this host, sharing the
     storage; this process shows the progress. (Processes, not threads: each trial trains a model.)"""
-    from tqdm import tqdm
+    from snapgen.progress import progress as progress_bar
 
     logs = study.output_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -432,8 +432,8 @@ def _run_local_workers(study, workers: int, progress: bool, deadline) -> None:
         procs.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT), f))
     storage = open_storage(study.cfg.storage)
     ostudy = optuna.load_study(study_name=study.name, storage=storage)
-    bar = tqdm(total=study.cfg.n_trials, desc=f"study {study.name} ({workers} workers)", unit="trial",
-               file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=study.cfg.n_trials, desc=f"study {study.name} ({workers} workers)", unit="trial",
+                       file=sys.stderr, disable=not progress, dynamic_ncols=True)
     seen = set()
     try:
         while True:
