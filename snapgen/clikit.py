@@ -21,12 +21,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 def run_cli(prog: str, package: str, commands: dict[str, str], argv=None) -> int:
+    from snapgen import __version__
+
     parser = _Parser(prog=prog)
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     argv = sys.argv[1:] if argv is None else list(argv)
     # Only import the module of the requested command (and all of them for --help).
     wanted = [a for a in argv if not a.startswith("-")][:1]
+    if not wanted and "--version" in argv:
+        parser.parse_args(["--version"])  # prints and exits before any command module is imported
     for name, help_text in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if not wanted or wanted[0] == name:
