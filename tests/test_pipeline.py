@@ -71,8 +71,8 @@ def test_unet_has_diffusers_outputs_and_config(tmp_path):
         assert torch.equal(back(x, t, ctx).sample, out.sample)
 
 
-def test_decoders_are_vaes():
-    from diffusers import AutoencoderKL
+def test_decoders_are_vaes(tmp_path):
+    from diffusers import AutoencoderKL, AutoModel
     from diffusers.models.autoencoders.vae import DecoderOutput
 
     from archsearch.cost import _fast_build, num_params
@@ -90,6 +90,11 @@ def test_decoders_are_vaes():
     c = tiny.config
     assert (c.scaling_factor, c.shift_factor, c.latent_channels, c.out_channels) == (1.0, 0.0, 4, 1)
     assert 2 ** (len(c.block_out_channels) - 1) == tiny.spec.upscale == 4  # a pipeline's vae_scale_factor
+    tiny.save_pretrained(tmp_path / "d")
+    back = AutoModel.from_pretrained(str(tmp_path / "d"), trust_remote_code=True, low_cpu_mem_usage=False)
+    assert type(back) is TinyDecoder and back.config.block_out_channels == c.block_out_channels
+    with torch.no_grad():
+        assert torch.equal(back.decode(z).sample, out.sample)
     # SD3 / SDXL baselines: real AutoencoderKLs; their decode path is what cost and latency measure
     sd3 = _fast_build(lambda: build_decoder(load_decoder_preset(None, "sd3")))
     assert isinstance(sd3, AutoencoderKL)
