@@ -52,4 +52,5 @@ class DiffusersModel:
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         super().save_pretrained(save_directory, *args, **kwargs)
-        write_reexport(save_directory, type(self))
+        if Path(save_directory).is_dir():  # not on the ranks that save nothing (is_main_process=False)
+            write_reexport(save_directory, type(self))
