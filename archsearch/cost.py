@@ -191,9 +191,9 @@ def unet_cost(spec, latent_size: int = 128, context_len: int = 77) -> CostReport
 
 def decoder_cost(spec, latent_size: int = 128) -> CostReport:
     """Cost of decoding one ``latent_size`` x ``latent_size`` latent (batch 1)."""
-    from snapgen.decoder import build_decoder
+    from snapgen.decoder import build_decoder, decode_path
 
-    model = _fast_build(lambda: build_decoder(spec))
+    model = decode_path(_fast_build(lambda: build_decoder(spec)))  # an AutoencoderKL's encoder is not decoding
     rep = count_flops_at(model, lambda L: (torch.zeros(1, spec.latent_channels, L, L),), latent_size, (4, 8))
 
     def stage_of(name: str) -> str:

@@ -39,7 +39,7 @@ def bare_loop(spec, assets, cfg: ProxyConfig, steps: int, seed: int) -> float:
         y = drop_condition(lab[idx], cfg.p_uncond, null, generator=g)
         t = logit_normal(b, generator=g)
         noise = torch.randn(x0.shape, generator=g)
-        loss = F.mse_loss(model(interpolate(x0, noise, t), t * 1000, encoder_hidden_states=ctx[y]),
+        loss = F.mse_loss(model(interpolate(x0, noise, t), t * 1000, encoder_hidden_states=ctx[y], return_dict=False)[0],
                           velocity_target(x0, noise))
         opt.zero_grad(set_to_none=True)
         loss.backward()

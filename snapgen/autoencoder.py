@@ -152,7 +152,7 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
 def _train_vae(cfg: AEConfig, train: LabelledImages, held_out: LabelledImages, out_dir: Path) -> torch.Tensor:
     """Train, normalise, measure and save the autoencoder; returns the normalised latents of ``train``
     (the normalisation pass encodes the whole set anyway, so the latent cache needs no second pass)."""
-    from tqdm import tqdm
+    from snapgen.progress import progress
 
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -165,7 +165,7 @@ def _train_vae(cfg: AEConfig, train: LabelledImages, held_out: LabelledImages, o
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     t0 = time.time()
-    bar = tqdm(range(cfg.steps), desc="autoencoder (once)", file=sys.stderr, mininterval=2, leave=False)
+    bar = progress(range(cfg.steps), desc="autoencoder (once)", file=sys.stderr, mininterval=2, leave=False)
     for step in bar:
         x = data[torch.randint(len(data), (cfg.batch_size,), generator=g)]
         post = vae.encode(x).latent_dist

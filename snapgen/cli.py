@@ -11,7 +11,8 @@ COMMANDS = {
     "sample": "sample a trained model: class names or prompts -> a PNG grid (steps, CFG, seed)",
     "encode": "pre-encode an ImageFolder into latent shards with an AutoencoderKL (the proxy's dataset: latents)",
     "eval": "the proxy quality metric of a trained model (snapgen train output_dir or model directory)",
-    "export": "export a preset or checkpoint (UNet + decoder) to Core ML .mlpackage files (fp16, ANE-friendly attention)",
+    "export": "export a preset or checkpoint (UNet + decoder) to Core ML .mlpackage files (fp16, ANE-friendly "
+              "attention), or a trained run as a diffusers pipeline directory (--format diffusers)",
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from contextlib import contextmanager
 
 from snapgen.errors import UserError, user_errors
 
@@ -21,12 +22,17 @@ class _Parser(argparse.ArgumentParser):
 
 
 def run_cli(prog: str, package: str, commands: dict[str, str], argv=None) -> int:
+    from snapgen import __version__
+
     parser = _Parser(prog=prog)
+    parser.add_argument("--version", action="version", version=f"{prog} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     argv = sys.argv[1:] if argv is None else list(argv)
     # Only import the module of the requested command (and all of them for --help).
     wanted = [a for a in argv if not a.startswith("-")][:1]
+    if not wanted and "--version" in argv:
+        parser.parse_args(["--version"])  # prints and exits before any command module is imported
     for name, help_text in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         if not wanted or wanted[0] == name:
@@ -39,4 +45,30 @@ def run_cli(prog: str, package: str, commands: dict[str, str], argv=None) -> int
     return int(rc or 0)
 
 
-__all__ = ["run_cli", "UserError"]
+COMMAND_LINE = "<command line>"  # the FILE of an error in a command-line override
+
+
+def override_keys(overrides) -> list[str]:
+    """The dotted keys that ``key=value`` overrides set (Hydra's ``+key`` / ``~key`` prefixes dropped)."""
+    return [o.split("=", 1)[0].strip().lstrip("+~") for o in overrides or () if o.split("=", 1)[0].strip()]
+
+
+def _sets(override: str, key: str) -> bool:
+    """Whether setting ``override`` sets ``key`` or something under it (or ``key`` is under it)."""
+    return key == override or key.startswith((override + ".", override + "[")) or override.startswith(key + ".")
+
+
+@contextmanager
+def blame_overrides(file, overrides):
+    """A :class:`UserError` reported against ``file`` for a key that a command-line override set is the
+    command line's: ``error: <command line>: KEY: MESSAGE``."""
+    try:
+        yield
+    except UserError as e:
+        keys = override_keys(overrides)
+        if e.file == str(file) and e.key and any(_sets(k, e.key) for k in keys):
+            raise type(e)(e.message, file=COMMAND_LINE, key=e.key) from None
+        raise
+
+
+__all__ = ["run_cli", "UserError", "blame_overrides", "COMMAND_LINE"]

@@ -1,5 +1,11 @@
 """Decoders: the paper's tiny decoder (§3.2) from a :class:`DecoderSpec`, and the SD3 / SDXL
-baseline decoders through diffusers ``AutoencoderKL`` configs.
+baseline decoders as diffusers ``AutoencoderKL`` models built from their configs.
+
+Both are VAEs to a pipeline: ``decode(z, return_dict=True) -> DecoderOutput(sample=...)`` and
+``config.scaling_factor`` / ``shift_factor`` / ``latent_channels`` / ``block_out_channels``. What
+cost, latency and Core ML export measure is the decode path alone (:func:`decode_path`): the tiny
+decoder itself, or an ``AutoencoderKL``'s ``post_quant_conv`` + ``decoder`` (its encoder is not
+part of decoding).
 
 Tiny decoder design (paper §3.2): no attention, GroupNorm only where the spec keeps it, separable
 convs, fewer residual blocks at high resolution, no conv shortcut — the upsampling layer carries
@@ -15,10 +21,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.modeling_utils import ModelMixin
 
 from snapgen.blocks import CONV, NORM, ResBlock, Upsample
 from snapgen.errors import UserError
+from snapgen.hub import DiffusersModel
 from snapgen.spec import CONV_TYPES, NORM_TYPES, _coerce
 
 
@@ -98,14 +106,22 @@ class DecoderSpec:
         return cls(**kw).validate(file)
 
 
-class TinyDecoder(ModelMixin, ConfigMixin):
+class TinyDecoder(DiffusersModel, ModelMixin, ConfigMixin):
+    """``forward(z)`` and ``decode(z)`` take latents in the diffusion space (the normalised latents
+    the UNet denoises and ``snapgen train stage=decoder`` trains on), so its ``scaling_factor`` is 1
+    and ``shift_factor`` 0 unless it was trained on raw latents."""
+
     config_name = "config.json"
+    derived_config = ("latent_channels", "out_channels", "block_out_channels")
 
     @register_to_config
-    def __init__(self, arch: dict[str, Any]):
+    def __init__(self, arch: dict[str, Any], scaling_factor: float = 1.0, shift_factor: float = 0.0):
         super().__init__()
         spec = DecoderSpec.from_dict(arch)
         self.spec = spec
+        # diffusers' VAE keys; block_out_channels high resolution first, as AutoencoderKL lists them
+        self.register_to_config(latent_channels=spec.latent_channels, out_channels=spec.out_channels,
+                                block_out_channels=list(reversed(spec.channels)))
         c = spec.channels
         self.conv_in = nn.Conv2d(spec.latent_channels, c[0], 3, padding=1)
         self.stages = nn.ModuleList()
@@ -131,6 +147,14 @@ class TinyDecoder(ModelMixin, ConfigMixin):
             h = stage(h)
         return self.conv_out(F.silu(self.norm_out(h)))
 
+    def decode(self, z: torch.Tensor, return_dict: bool = True):
+        """The VAE interface of a pipeline: latents -> images in [-1, 1] (not clamped)."""
+        x = self.forward(z)
+        return DecoderOutput(sample=x) if return_dict else (x,)
+
+
+TinyDecoder.register_for_auto_class("AutoModel")
+
 
 @dataclass(frozen=True)
 class AutoencoderKLSpec:
@@ -151,25 +175,44 @@ class AutoencoderKLSpec:
         return {"autoencoder_kl": dict(self.config)}
 
 
+def build_autoencoder_kl(spec: AutoencoderKLSpec):
+    """The diffusers ``AutoencoderKL`` of a baseline decoder config (random weights)."""
+    from diffusers import AutoencoderKL
+
+    try:
+        return AutoencoderKL(**spec.config)
+    except TypeError as e:
+        raise UserError(f"invalid AutoencoderKL config: {e}", key=f"{spec.name}.autoencoder_kl") from None
+
+
 class AutoencoderKLDecoder(nn.Module):
-    """post_quant_conv (when the config has one) + the decoder of a diffusers AutoencoderKL."""
+    """The decode path of a diffusers ``AutoencoderKL`` as one module: its ``post_quant_conv`` (when the
+    config has one) and ``decoder``, shared with ``vae`` (not copied). ``forward(z)`` is
+    ``vae.decode(z).sample``; its parameters are exactly those decoding uses (the encoder's are not)."""
 
-    def __init__(self, spec: AutoencoderKLSpec):
+    def __init__(self, vae):
         super().__init__()
-        from diffusers import AutoencoderKL
-
-        try:
-            ae = AutoencoderKL(**spec.config)
-        except TypeError as e:
-            raise UserError(f"invalid AutoencoderKL config: {e}", key=f"{spec.name}.autoencoder_kl") from None
-        self.post_quant_conv = ae.post_quant_conv if ae.post_quant_conv is not None else nn.Identity()
-        self.decoder = ae.decoder
+        self.post_quant_conv = vae.post_quant_conv if vae.post_quant_conv is not None else nn.Identity()
+        self.decoder = vae.decoder
 
     def forward(self, z):
         return self.decoder(self.post_quant_conv(z))
 
 
 def build_decoder(spec: DecoderSpec | AutoencoderKLSpec) -> nn.Module:
+    """A :class:`TinyDecoder`, or the baseline's ``AutoencoderKL``; :func:`decode_path` gives what to cost or time."""
     if isinstance(spec, DecoderSpec):
         return TinyDecoder.from_spec(spec)
-    return AutoencoderKLDecoder(spec)
+    return build_autoencoder_kl(spec)
+
+
+def decode_path(model: nn.Module) -> nn.Module:
+    """The module that decodes ``z`` when called, holding only the parameters decoding uses: a tiny
+    decoder itself, an ``AutoencoderKL``'s :class:`AutoencoderKLDecoder`."""
+    if isinstance(model, (TinyDecoder, AutoencoderKLDecoder)):
+        return model
+    from diffusers import AutoencoderKL
+
+    if isinstance(model, AutoencoderKL):
+        return AutoencoderKLDecoder(model)
+    raise TypeError(f"not a decoder: {type(model).__name__}")

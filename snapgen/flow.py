@@ -41,9 +41,16 @@ def drop_condition(labels: torch.Tensor, p_uncond: float, null_index: int,
     return torch.where(drop, torch.full_like(labels, null_index), labels)
 
 
+def velocity(model: nn.Module, x: torch.Tensor, t1000: torch.Tensor, **cond) -> torch.Tensor:
+    """``model(x, t1000, **cond)`` as a tensor: diffusers-style models return an output object
+    (``.sample``, the first element) or a tuple; plain functions a tensor."""
+    out = model(x, t1000, **cond)
+    return out if isinstance(out, torch.Tensor) else out[0]
+
+
 def flow_loss(model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, **cond) -> torch.Tensor:
     """Mean squared velocity error at timesteps ``t`` (each in [0, 1])."""
-    pred = model(interpolate(x0, noise, t), t * 1000, **cond)
+    pred = velocity(model, interpolate(x0, noise, t), t * 1000, **cond)
     return F.mse_loss(pred.float(), velocity_target(x0, noise).float())
 
 
@@ -88,9 +95,9 @@ def guided_velocity(model: nn.Module, x: torch.Tensor, t: float, cond: dict, unc
     """Velocity at scalar time ``t`` with classifier-free guidance (one batched forward for both)."""
     ts = torch.full((x.shape[0],), t * 1000.0, device=x.device)
     if uncond is None or cfg_scale == 1.0:
-        return model(x, ts, **cond)
+        return velocity(model, x, ts, **cond)
     both = {k: torch.cat([cond[k], uncond[k]]) for k in cond}
-    v_c, v_u = model(torch.cat([x, x]), torch.cat([ts, ts]), **both).chunk(2)
+    v_c, v_u = velocity(model, torch.cat([x, x]), torch.cat([ts, ts]), **both).chunk(2)
     return v_u + cfg_scale * (v_c - v_u)
 
 

@@ -445,7 +445,7 @@ def _run(spec, cfg, seed, on_eval) -> ProxyResult:
         cond = {"encoder_hidden_states": ctx_table[y]}
         if pooled_table is not None:
             cond["pooled"] = pooled_table[y]
-        pred = model(interpolate(x0, noise, t), t * 1000, **cond)
+        pred = model(interpolate(x0, noise, t), t * 1000, **cond, return_dict=False)[0]
         loss = F.mse_loss(pred, velocity_target(x0, noise))
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -22,6 +22,7 @@ from snapgen.errors import UserError
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 DEFAULT_TEMPLATE = "a photo of a {name}"
+MAX_LENGTH = 32  # tokens kept per prompt
 _ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2"}
 
 
@@ -55,30 +56,45 @@ def class_prompts(class_names, template: str = DEFAULT_TEMPLATE) -> list[str]:
     return [template.format(name=n) for n in class_names]
 
 
-class _Encoder:
-    """A loaded tokenizer + model pair."""
+def load_text_encoder(name: str = DEFAULT_ENCODER):
+    """(tokenizer, model) of a text encoder, offline for a local directory (the default's is)."""
+    src = resolve_encoder(name)
+    local = Path(src).is_dir()
+    if local:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
 
-    def __init__(self, name: str):
-        src = resolve_encoder(name)
-        local = Path(src).is_dir()
-        if local:
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        from transformers import AutoModel, AutoTokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=local)
+        model = AutoModel.from_pretrained(src, local_files_only=local)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot load text encoder: {str(e).splitlines()[0][:300]}", key="text_encoder") from None
+    if getattr(model.config, "is_encoder_decoder", False):
+        model = model.get_encoder()
+    return tokenizer, model.eval()
 
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=local)
-            model = AutoModel.from_pretrained(src, local_files_only=local)
-        except (OSError, ValueError) as e:
-            raise UserError(f"cannot load text encoder: {str(e).splitlines()[0][:300]}", key="text_encoder") from None
-        if getattr(model.config, "is_encoder_decoder", False):
-            model = model.get_encoder()
-        self.model = model.eval()
 
-    @torch.no_grad()
-    def __call__(self, prompt: str, max_length: int) -> torch.Tensor:
-        tok = self.tokenizer([prompt], truncation=True, max_length=max_length, return_tensors="pt")
-        out = self.model(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"])
-        return out.last_hidden_state[0].float().contiguous()  # (L, D), real tokens only
+@torch.no_grad()
+def embed_prompt(tokenizer, model, prompt: str, max_length: int) -> torch.Tensor:
+    """One prompt on its own -> its token-level last hidden states (L, D), real tokens only."""
+    dev = next(model.parameters()).device
+    tok = tokenizer([prompt], truncation=True, max_length=max_length, return_tensors="pt")
+    out = model(input_ids=tok["input_ids"].to(dev), attention_mask=tok["attention_mask"].to(dev))
+    return out.last_hidden_state[0].float().contiguous()
+
+
+def pad_embeddings(per_prompt, length: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-prompt (L_i, D) states -> context (N, L, D) zero-padded to L = max(length, max L_i), mask
+    (N, L) and pooled (N, D): the masked mean."""
+    L = max([length] + [h.shape[0] for h in per_prompt])
+    D = per_prompt[0].shape[1]
+    ctx = torch.zeros(len(per_prompt), L, D, device=per_prompt[0].device)
+    mask = torch.zeros(len(per_prompt), L, dtype=torch.bool, device=per_prompt[0].device)
+    for i, h in enumerate(per_prompt):
+        ctx[i, : h.shape[0]] = h
+        mask[i, : h.shape[0]] = True
+    pooled = ctx.sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+    return ctx, mask, pooled
 
 
 @dataclass(frozen=True, eq=False)
@@ -95,11 +111,11 @@ class PromptEmbeddings:
         return self.context.shape[-1]
 
 
-def encode_prompts(prompts, encoder: str = DEFAULT_ENCODER, *, max_length: int = 32) -> PromptEmbeddings:
+def encode_prompts(prompts, encoder: str = DEFAULT_ENCODER, *, max_length: int = MAX_LENGTH) -> PromptEmbeddings:
     """Embed prompts, reading each from the on-disk cache when present."""
     key = combine(encoder_identity(encoder), str(max_length))
     d = cache_dir("text", key)
-    loaded: _Encoder | None = None
+    loaded = None
     per_prompt = []
     for p in prompts:
         f = d / f"{hash_bytes(p.encode())[:24]}.pt"
@@ -107,23 +123,16 @@ def encode_prompts(prompts, encoder: str = DEFAULT_ENCODER, *, max_length: int =
             per_prompt.append(load_tensors(f)["hidden"])
             continue
         if loaded is None:
-            loaded = _Encoder(encoder)
-        h = loaded(p, max_length)
+            loaded = load_text_encoder(encoder)
+        h = embed_prompt(*loaded, p, max_length)
         atomic_torch_save({"hidden": h}, f)
         per_prompt.append(h)
-    L = max(h.shape[0] for h in per_prompt)
-    D = per_prompt[0].shape[1]
-    ctx = torch.zeros(len(per_prompt), L, D)
-    mask = torch.zeros(len(per_prompt), L, dtype=torch.bool)
-    for i, h in enumerate(per_prompt):
-        ctx[i, : h.shape[0]] = h
-        mask[i, : h.shape[0]] = True
-    pooled = ctx.sum(1) / mask.sum(1, keepdim=True).clamp_min(1)
+    ctx, mask, pooled = pad_embeddings(per_prompt)
     return PromptEmbeddings(tuple(prompts), ctx, mask, pooled)
 
 
 def class_conditioning(class_names, *, template: str = DEFAULT_TEMPLATE, encoder: str = DEFAULT_ENCODER,
-                       null: str = "empty", max_length: int = 32) -> PromptEmbeddings:
+                       null: str = "empty", max_length: int = MAX_LENGTH) -> PromptEmbeddings:
     """Embeddings of the K class prompts plus, as row K, the unconditional (null) condition used for
     classifier-free guidance: the empty prompt's embedding (``null="empty"``) or zeros (``"zeros"``)."""
     if null not in ("empty", "zeros"):

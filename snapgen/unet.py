@@ -4,12 +4,18 @@ Layout follows SDXL's UNet (and so diffusers' ``UNet2DConditionModel``): conv_in
 ``layers`` x [ResBlock + SpatialTransformer] then a strided downsample, a mid block
 [ResBlock, SpatialTransformer, ResBlock], and mirrored up stages with ``layers + 1`` layers that
 take the skip connections. Weights and spec round-trip through ``save_pretrained`` /
-``from_pretrained`` (diffusers ``ModelMixin`` + ``ConfigMixin``).
+``from_pretrained`` (diffusers ``ModelMixin`` + ``ConfigMixin``); the config also carries diffusers'
+usual keys (``in_channels``, ``out_channels``, ``sample_size``) and loads with
+``diffusers.AutoModel.from_pretrained(dir, trust_remote_code=True)`` (see :mod:`snapgen.hub`).
 
-``timestep`` follows diffusers' convention: values in [0, 1000].
+``timestep`` follows diffusers' convention: values in [0, 1000]. ``forward`` follows diffusers'
+UNets: it returns a :class:`SnapGenUNetOutput` (``.sample``), or a tuple with
+``return_dict=False``, which is how every caller in this project that wants the tensor calls it:
+``net(x, t, ctx, pooled=..., return_dict=False)[0]``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,9 +23,20 @@ import torch.nn as nn
 import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
 
 from snapgen.blocks import CONV, NORM, Downsample, ResBlock, SpatialTransformer, TimestepEmbedding, Upsample
+from snapgen.hub import DiffusersModel
 from snapgen.spec import ArchSpec, StageSpec
+
+
+@dataclass
+class SnapGenUNetOutput(BaseOutput):
+    """``sample``: the predicted velocity (or noise); ``features``: with ``return_features``, the
+    mid-block and up-stage outputs ``{"mid": ..., "up.{i}": ...}``."""
+
+    sample: torch.Tensor
+    features: dict[str, torch.Tensor] | None = None
 
 
 def _layer(spec: ArchSpec, s: StageSpec, cin: int) -> nn.ModuleList:
@@ -38,14 +55,17 @@ def _layer(spec: ArchSpec, s: StageSpec, cin: int) -> nn.ModuleList:
     return nn.ModuleList(mods)
 
 
-class SnapGenUNet(ModelMixin, ConfigMixin):
+class SnapGenUNet(DiffusersModel, ModelMixin, ConfigMixin):
     config_name = "config.json"
+    derived_config = ("in_channels", "out_channels")
 
     @register_to_config
-    def __init__(self, arch: dict[str, Any]):
+    def __init__(self, arch: dict[str, Any], sample_size: int | None = None):
+        """``sample_size``: the latent height/width it was trained at (a pipeline's default size)."""
         super().__init__()
         spec = ArchSpec.from_dict(arch)
         self.spec = spec
+        self.register_to_config(in_channels=spec.latent_channels, out_channels=spec.latent_channels)
         st = spec.stages
         n = len(st)
         c0 = st[0].channels
@@ -106,11 +126,13 @@ class SnapGenUNet(ModelMixin, ConfigMixin):
         return h
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
-                pooled: torch.Tensor | None = None, return_features: bool = False):
+                pooled: torch.Tensor | None = None, return_features: bool = False, return_dict: bool = True):
         """Predict the velocity (or noise) for ``sample`` at ``timestep`` (in [0, 1000]).
 
         With ``return_features`` also returns ``{"mid": ..., "up.{i}": ...}``: the mid-block output
         and each up stage's output (before upsampling), for feature-level distillation.
+        Returns :class:`SnapGenUNetOutput`, or with ``return_dict=False`` the tuple ``(sample,)``
+        (``(sample, features)`` with ``return_features``).
         """
         if timestep.ndim == 0:
             timestep = timestep.expand(sample.shape[0])
@@ -136,7 +158,9 @@ class SnapGenUNet(ModelMixin, ConfigMixin):
             if "sample" in stage:
                 h = stage["sample"](h)
         out = self.conv_out(F.silu(self.norm_out(h)))
-        return (out, feats) if return_features else out
+        if not return_dict:
+            return (out, feats) if return_features else (out,)
+        return SnapGenUNetOutput(sample=out, features=feats if return_features else None)
 
     def stage_of(self, module_name: str) -> str:
         """Map a parameter/module name to the stage it belongs to (for per-stage breakdowns)."""
@@ -148,6 +172,9 @@ class SnapGenUNet(ModelMixin, ConfigMixin):
         if parts[0] == "mid":
             return "mid"
         return "io"
+
+
+SnapGenUNet.register_for_auto_class("AutoModel")  # config.json's auto_map (diffusers' public way)
 
 
 def build_unet(spec: ArchSpec) -> SnapGenUNet:

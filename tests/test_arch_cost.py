@@ -40,7 +40,7 @@ def test_preset_a_matches_diffusers(context_dim):
     if context_dim == 2048:
         assert abs((f_ref.total - f_ref.attention) / 1e9 - 73.5) < 0.5
     with torch.no_grad():
-        assert ours(*inputs).shape == out_ref.shape
+        assert ours(*inputs).sample.shape == out_ref.shape
 
 
 def test_extrapolated_count_equals_direct_count():
@@ -86,9 +86,9 @@ def test_decoders_match_paper_table2():
     assert abs(sd3.gflops_no_attention / 4970 - 1) <= 0.01
     assert sd3.gflops_attention > 200  # the mid-block attention, reported on its own line
     sdxl = load_decoder_preset(None, "sdxl")
-    from snapgen.decoder import build_decoder
+    from snapgen.decoder import build_decoder, decode_path
 
-    assert abs(num_params(_fast_build(lambda: build_decoder(sdxl))) / 49.49e6 - 1) <= 0.005
+    assert abs(num_params(decode_path(_fast_build(lambda: build_decoder(sdxl)))) / 49.49e6 - 1) <= 0.005
     tiny = cost_of(load_decoder_preset(None, "tiny"), 128)
     assert abs(tiny.params / 1.38e6 - 1) <= 0.10
     assert abs(tiny.gflops / 224 - 1) <= 0.15

@@ -78,3 +78,36 @@ def test_pareto_points_are_never_near_white(tiny_run):
     for colour in firsts:
         r, g, b = map(int, re.findall(r"\d+", colour))
         assert min(r, g, b) < 200, colour
+
+
+def test_early_stopped_trials_are_shown_at_their_rung(tiny_run):
+    """Successive halving PRUNES the trials it stops and Optuna's Pareto plots leave PRUNED trials out:
+    every evaluated architecture must still be visible, the stopped ones apart, at their last rung."""
+    from optuna.trial import TrialState
+
+    from archsearch.study.dashboard import STOPPED, _learning_curves, _pareto_figures
+    from archsearch.study.pareto import load_run, pareto_trials
+
+    run = load_run(tiny_run)
+    trials = run.study.get_trials(deepcopy=False)
+    stopped = {t.number: t for t in trials if "early_stopped" in t.user_attrs}
+    assert stopped and all(t.state == TrialState.PRUNED for t in stopped.values())
+    for title, fig in _pareto_figures(run):
+        extra = [tr for tr in fig.data if tr.name == STOPPED["name"]]
+        assert len(extra) == 1, title
+        assert sorted(extra[0].customdata) == sorted(stopped)
+        if title.split(": ")[1].startswith("synthetic"):  # the quality objective on the x axis
+            got = dict(zip(extra[0].customdata, extra[0].x))
+            assert got == {n: t.user_attrs["early_stopped"]["value"] for n, t in stopped.items()}
+        shown = {t.number for t in trials if t.state == TrialState.COMPLETE} | set(extra[0].customdata)
+        evaluated = {t.number for t in trials if "spec" in t.user_attrs and "invalid" not in t.user_attrs}
+        assert evaluated <= shown, title
+    curves = _learning_curves(run)
+    by_trial = {tr.customdata[0]: tr for tr in curves.data}
+    front = {t.number for t in pareto_trials(run)}
+    for n, t in stopped.items():  # dashed, ending with a cross at the step it stopped
+        tr = by_trial[n]
+        assert tr.name == "early-stopped" and tr.line.dash == "dash"
+        assert tr.x[-1] == t.user_attrs["early_stopped"]["step"] and tr.marker.symbol[-1] == STOPPED["symbol"]
+    assert {tr.name for tr in curves.data} == {"early-stopped", "completed", "Pareto front"}
+    assert {n for n, tr in by_trial.items() if tr.name == "Pareto front"} == front

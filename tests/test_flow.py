@@ -90,3 +90,35 @@ def test_flow_loss_zero_for_exact_model():
     noise = torch.randn(5, 3)
     t = torch.rand(5) * 0.9 + 0.05
     assert flow_loss(_PointMass(), x0, t, noise, c=x0).item() < 1e-10
+
+
+class _Swirl(nn.Module):
+    """A non-linear velocity field (the exact path matters, not only where it ends)."""
+
+    def forward(self, x, timestep, c):
+        t = (timestep / 1000).view(-1, *([1] * (x.ndim - 1)))
+        return torch.tanh(x * (1 + t)) - c * t
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 8, 13])
+def test_euler_equals_diffusers_flow_match_euler_scheduler(steps):
+    """snapgen.flow.sample's Euler is diffusers' FlowMatchEulerDiscreteScheduler on the sigmas
+    linspace(1, 1/N, N) (what SnapGenPipeline sets): bit for bit when the step sizes are exact binary
+    fractions (N a power of two), to float32 rounding otherwise."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from snapgen.pipeline import flow_sigmas
+
+    noise = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(steps))
+    c = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(99))
+    ours = sample(_Swirl(), noise, {"c": c}, steps=steps)
+    sch = FlowMatchEulerDiscreteScheduler()
+    sch.set_timesteps(sigmas=flow_sigmas(steps))
+    x = noise
+    for t in sch.timesteps:
+        x = sch.step(_Swirl()(x, t.expand(len(x)), c), t, x, return_dict=False)[0]
+    if steps & (steps - 1) == 0:
+        assert torch.equal(ours, x)
+    else:
+        assert (ours - x).abs().max() < 1e-5
+    assert len(sch.timesteps) == steps and sch.timesteps[0] == 1000.0

@@ -88,14 +88,16 @@ def test_two_workers_share_postgres(postgres_url, tiny_study, tmp_path):
     import optuna
 
     from archsearch.study.runner import is_counted
+    from archsearch.study.storage import trial_id
 
-    study = optuna.load_study(study_name="pg", storage=postgres_url)
+    storage = optuna.storages.RDBStorage(postgres_url)
+    study = optuna.load_study(study_name="pg", storage=storage)
     every = study.get_trials(deepcopy=False)
     trials = [t for t in every if is_counted(t)]  # repeated samples reuse values and are not counted
     assert len(trials) == n, [(t.number, t.state, t.user_attrs.get("duplicate_of")) for t in every]
     assert all(t.state == TrialState.COMPLETE for t in trials)
     assert all(t.state.is_finished() for t in every)
-    assert len({t.number for t in trials}) == n and len({t._trial_id for t in trials}) == n
+    assert len({t.number for t in trials}) == n and len({trial_id(storage, "pg", t.number) for t in trials}) == n
     assert len({t.user_attrs["spec_hash"] for t in trials}) == n, "an architecture evaluated twice"
     assert len({t.user_attrs["worker"]["pid"] for t in every}) == 2, "both workers ran trials"
     # The study files of a run on shared storage: the launcher writes them; here, write and read back.

@@ -10,10 +10,13 @@ def add_arguments(p):
 def run(args):
     from pathlib import Path
 
+    from snapgen.clikit import blame_overrides
+
     from archsearch.study.ablate import print_table, run_ablation
     from archsearch.study.schema import load_ablation
 
-    cfg, space = load_ablation(args.ablation, args.overrides)
+    with blame_overrides(args.ablation, args.overrides):
+        cfg, space = load_ablation(args.ablation, args.overrides)
     df = run_ablation(cfg, space, file=args.ablation)
     print_table(df)
     out = Path(cfg.output_dir)

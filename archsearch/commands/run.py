@@ -14,6 +14,7 @@ def add_arguments(p):
 
 
 def run(args):
+    from snapgen.clikit import blame_overrides
     from snapgen.errors import UserError
 
     from archsearch.study.runner import run_study
@@ -21,7 +22,8 @@ def run(args):
 
     if args.workers is not None and args.workers < 1:
         raise UserError(f"must be >= 1, got {args.workers}", key="--workers")
-    study = load_study(args.study, args.overrides)  # everything is validated before anything is written
+    with blame_overrides(args.study, args.overrides):
+        study = load_study(args.study, args.overrides)  # everything is validated before anything is written
     workers = args.workers or study.cfg.workers
     run_study(study, workers=workers, progress=not args.no_progress, worker_only=args.worker_only)
     return 0

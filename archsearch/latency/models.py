@@ -32,9 +32,9 @@ def build_module(spec) -> nn.Module:
         from snapgen.unet import SnapGenUNet
 
         return SnapGenUNet.from_spec(spec).eval()
-    from snapgen.decoder import build_decoder
+    from snapgen.decoder import build_decoder, decode_path
 
-    return build_decoder(spec).eval()
+    return decode_path(build_decoder(spec)).eval()
 
 
 def stage_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Module]]]:

@@ -292,7 +292,7 @@ def calibrate(space, backend: Backend, out: str | Path, *, latent_size: int = 12
     ``"probes"`` also multiplies each class by its median probe ratio (``probes`` units per class
     re-timed at the target). With few probes on a noisy machine the correction adds more error than
     it removes (docs/latency.md), so probes are otherwise a recorded diagnostic."""
-    from tqdm import tqdm
+    from snapgen.progress import progress as progress_bar
 
     space = _load_space(space)
     if not backend.can_time:
@@ -333,8 +333,8 @@ def calibrate(space, backend: Backend, out: str | Path, *, latent_size: int = 12
     todo += [("probe", u) for u in pick_probes(units, probes) if key_of(u) not in table.probes]
     t0 = time.perf_counter()
     try:
-        with open(out, "a") as f, tqdm(todo, desc=f"calibrate {space.path.name}", unit="unit", disable=not progress,
-                                        dynamic_ncols=True) as bar:
+        with open(out, "a") as f, progress_bar(todo, desc=f"calibrate {space.path.name}", unit="unit",
+                                                disable=not progress, dynamic_ncols=True) as bar:
             for what, u in bar:
                 bar.set_postfix_str(u["u"], refresh=False)
                 at = latent_size if (what == "probe" or u["u"] in AT_TARGET) else calib_latent
@@ -384,7 +384,7 @@ def validate(space, table_path: str | Path, backend: Backend, *, n: int = 20, se
     ``shard=(k, n)`` measures only architectures ``i % n == k`` (several processes sharing ``out``;
     a last run without a shard reports all of them)."""
     from scipy.stats import spearmanr
-    from tqdm import tqdm
+    from snapgen.progress import progress as progress_bar
 
     space = _load_space(space)
     lm = LatencyModel.from_table(table_path, space)
@@ -405,7 +405,7 @@ def validate(space, table_path: str | Path, backend: Backend, *, n: int = 20, se
     t_pred = []
     fh = open(out, "a") if out else None
     try:
-        for i, spec in enumerate(tqdm(specs, desc="validate", unit="arch", disable=not progress, dynamic_ncols=True)):
+        for i, spec in enumerate(progress_bar(specs, desc="validate", unit="arch", disable=not progress, dynamic_ncols=True)):
             t0 = time.perf_counter()
             pred = lm.predict(spec, L)
             t_pred.append(time.perf_counter() - t0)

@@ -107,9 +107,8 @@ def proxy_decoder_spec(spec, cfg: DecoderProxyConfig, latent_channels: int, out_
 
 def decoder_quality(spec, cfg: DecoderProxyConfig, *, seed: int,
                     on_eval: Callable[[int, float], bool] | None = None) -> DecoderResult:
-    from tqdm import tqdm
-
     from snapgen.autoencoder import psnr
+    from snapgen.progress import progress
     from snapgen.decoder import DecoderSpec, TinyDecoder
 
     if not isinstance(spec, DecoderSpec):
@@ -146,7 +145,7 @@ def decoder_quality(spec, cfg: DecoderProxyConfig, *, seed: int,
             evals.append((step, v))
             return v
 
-        bar = tqdm(total=cfg.steps, desc=f"decoder proxy {spec.name}", file=sys.stderr, disable=not cfg.progress,
+        bar = progress(total=cfg.steps, desc=f"decoder proxy {spec.name}", file=sys.stderr, disable=not cfg.progress,
                    mininterval=1.0, leave=False)
         model.train()
         while step < cfg.steps:

@@ -57,20 +57,19 @@ class Decision:
 
 def hypervolume_contributions(scaled: np.ndarray) -> np.ndarray:
     """Exclusive hypervolume of each point of ``scaled`` (minimised, reference point 1 in every
-    objective): the volume lost without it. Optuna's WFG does the volumes."""
-    from optuna._hypervolume import compute_hypervolume  # no public alias in Optuna 5.0
+    objective): the volume lost without it (volumes: :func:`archsearch.study.pareto.box_hypervolume`)."""
+    from archsearch.study.pareto import box_hypervolume
 
     inside = np.all(scaled < 1.0, axis=1)
     out = np.zeros(len(scaled))
     pts = scaled[inside]
     if len(pts) == 0:
         return out
-    ref = np.ones(scaled.shape[1])
-    total = compute_hypervolume(pts, ref)
+    total = box_hypervolume(pts)
     idx = np.where(inside)[0]
     for k, i in enumerate(idx):
         rest = np.delete(pts, k, axis=0)
-        out[i] = total - (compute_hypervolume(rest, ref) if len(rest) else 0.0)
+        out[i] = total - (box_hypervolume(rest) if len(rest) else 0.0)
     return out
 
 

@@ -1,9 +1,10 @@
 """A run directory -> its Optuna study, Pareto front and hypervolume.
 
 The Pareto front is Optuna's ``study.best_trials`` (non-dominated, feasible COMPLETE trials).
-The hypervolume is Optuna's WFG implementation, on objectives scaled by the stated reference
-point: ``v / ref`` for minimised objectives and ``ref / v`` for maximised ones, so the reference
-point maps to (1, ..., 1), the ideal to the origin, and the hypervolume is the fraction of the box
+The hypervolume is moocore's exact one (Optuna 5 has none in its public API; moocore is by the
+authors of the reference implementation), on objectives scaled by the stated reference point:
+``v / ref`` for minimised objectives and ``ref / v`` for maximised ones, so the reference point
+maps to (1, ..., 1), the ideal to the origin, and the hypervolume is the fraction of the box
 ``[0, ref]`` that the front dominates (0..1, unit-free, comparable between runs of one study).
 """
 from __future__ import annotations
@@ -109,10 +110,15 @@ def scaled(values: np.ndarray, ref: list[float], directions: list[str]) -> np.nd
     return out
 
 
+def box_hypervolume(points: np.ndarray) -> float:
+    """Hypervolume of minimised ``points`` (n, m) against the reference point (1, ..., 1)."""
+    import moocore
+
+    return float(moocore.hypervolume(np.asarray(points, dtype=float), ref=np.ones(np.shape(points)[1])))
+
+
 def hypervolume(trials, ref: list[float], directions: list[str]) -> float:
     """Fraction of the box [0, ref] dominated by ``trials`` (their values), see the module doc."""
-    from optuna._hypervolume import compute_hypervolume  # Optuna's WFG (no public alias in 5.0)
-
     pts = [t.values for t in trials if t.values is not None and feasible(t)]
     if not pts or any(not np.isfinite(r) or r <= 0 for r in ref):
         return 0.0
@@ -120,7 +126,7 @@ def hypervolume(trials, ref: list[float], directions: list[str]) -> float:
     s = s[np.all(s < 1.0, axis=1)]  # only points that dominate the reference point count
     if len(s) == 0:
         return 0.0
-    return float(compute_hypervolume(s, np.ones(len(ref))))
+    return box_hypervolume(s)
 
 
 def hypervolume_history(run: Run, ref: list[float]) -> list[tuple[int, float, float]]:

@@ -32,7 +32,8 @@ from optuna.trial import TrialState
 from snapgen.errors import UserError
 from archsearch.space import InvalidArchitecture
 from archsearch.study import provenance
-from archsearch.study.storage import Heartbeat, budget_lock, fail_orphans, open_storage, worker_identity
+from archsearch.study.storage import (Heartbeat, budget_lock, fail_orphans, id_of, named_constraints, open_storage,
+                                      report_intermediate, set_constraints, worker_identity)
 
 COUNTED = (TrialState.COMPLETE, TrialState.PRUNED)
 MAX_CONSECUTIVE_FAILURES = 3
@@ -164,9 +165,9 @@ class TrialRunner:
 
     # ---- one trial ---------------------------------------------------------------------------
     def record(self, trial, state, spec=None, **extra) -> None:
-        t = self.ostudy._storage.get_trial(trial._trial_id)
+        t = trial.storage.get_trial(id_of(trial))
         rec = {"number": trial.number, "state": state, "params": t.params, "seed": self.cfg.seed,
-               "user_attrs": t.user_attrs, "constraints": t.constraints,
+               "user_attrs": t.user_attrs, "constraints": named_constraints(t),
                "proxy_config": dataclasses.asdict(self.proxy_cfg) if self.proxy_cfg else None,
                "target": dataclasses.asdict(self.cfg.target), "study": self.study.name,
                "code_version": provenance.code_version(), **extra}
@@ -219,8 +220,9 @@ class TrialRunner:
                 if k in dup.user_attrs:
                     trial.set_user_attr(k, dup.user_attrs[k])
             trial.set_user_attr("duplicate_of", dup.number)
-            for name, v in dup.constraints.items():
-                trial.set_constraint(name, v)
+            set_constraints(trial, named_constraints(dup))
+            for step, v in sorted(dup.intermediate_values.items()):
+                report_intermediate(trial, step, v)
             self.ostudy.tell(trial, dup.values)
             self.record(trial, "COMPLETE", spec, metrics=dup.user_attrs.get("metrics", {}),
                         timings={"total_s": time.perf_counter() - t_start})
@@ -262,8 +264,7 @@ class TrialRunner:
             trial.set_user_attr("proxy_steps", int(result.steps))
         timings["total_s"] = time.perf_counter() - t_start
         trial.set_user_attr("timings", timings)
-        for c in self.study.constraints:
-            trial.set_constraint(str(c), c.violation(metrics[c.metric]))
+        set_constraints(trial, {str(c): c.violation(metrics[c.metric]) for c in self.study.constraints})
         proxy = result.to_dict() if result is not None else None
         if proxy is not None:
             proxy.pop("spec", None)
@@ -274,6 +275,8 @@ class TrialRunner:
             self.record(trial, "PRUNED", spec, metrics=metrics, timings=timings, proxy_result=proxy)
             return TrialState.PRUNED, None, decision.reason
         values = [metrics[n] for n in self.study.objective_names]
+        for step, v in trial.user_attrs.get("evals", []):  # learning curves, for trials that complete only
+            report_intermediate(trial, step, v)
         self.ostudy.tell(trial, values)
         self.record(trial, "COMPLETE", spec, metrics=metrics, timings=timings, proxy_result=proxy)
         return TrialState.COMPLETE, values, ""
@@ -287,15 +290,15 @@ def format_values(study, values) -> str:
 
 def run_worker(study, *, workers: int = 1, progress: bool = True, deadline: float | None = None) -> dict:
     """One worker's ask/tell loop until the study has ``n_trials`` counted trials (or the timeout)."""
-    from tqdm import tqdm
+    from snapgen.progress import progress as progress_bar
 
     cfg = study.cfg
     storage = open_storage(cfg.storage, heartbeat_interval=cfg.heartbeat.interval,
                            grace_period=cfg.heartbeat.grace_period, max_retry=cfg.heartbeat.max_retry)
     ostudy = create_or_load(study, storage)
     n = cfg.n_trials
-    bar = tqdm(total=n, desc=f"study {study.name}", unit="trial", file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
+    bar = progress_bar(total=n, desc=f"study {study.name}", unit="trial", file=sys.stderr, disable=not progress,
+                       dynamic_ncols=True)
     log = bar.write if progress else (lambda s: print(s, file=sys.stderr, flush=True))
     runner = TrialRunner(study, ostudy, workers=workers, log=log)
     ran = failures = 0
@@ -306,7 +309,7 @@ def run_worker(study, *, workers: int = 1, progress: bool = True, deadline: floa
                 log(f"timeout reached: no new trial starts ({cfg.timeout:g} s)")
                 break
             with budget_lock(cfg.storage, study.name):
-                for num in fail_orphans(ostudy, cfg.heartbeat.max_retry):
+                for num in fail_orphans(storage, ostudy, cfg.heartbeat.max_retry):
                     log(f"[trial {num}] its worker died: marked FAIL, re-queued")
                 trials = ostudy.get_trials(deepcopy=False)
                 done = sum(map(is_counted, trials))
@@ -327,9 +330,10 @@ def run_worker(study, *, workers: int = 1, progress: bool = True, deadline: floa
                 time.sleep(poll)
                 continue
             t0 = time.perf_counter()
-            retried = ostudy._storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
+            tid = id_of(trial)
+            retried = storage.get_trial_system_attrs(tid).get("failed_trial")
             try:
-                with Heartbeat(storage, trial._trial_id):
+                with Heartbeat(storage, tid):
                     state, values, note = runner.run(trial)
             except KeyboardInterrupt:
                 _requeue(ostudy, trial, "interrupted")
@@ -368,7 +372,7 @@ def _requeue(ostudy, trial, reason: str) -> None:
     try:
         trial.set_user_attr("interrupted", reason)
         ostudy.tell(trial, state=TrialState.FAIL)
-        optuna.storages.RetryHeartbeatStaleTrialCallback()(ostudy, ostudy._storage.get_trial(trial._trial_id))
+        optuna.storages.RetryHeartbeatStaleTrialCallback()(ostudy, trial.storage.get_trial(id_of(trial)))
     except Exception:  # the next run's orphan check will do it
         pass
 
@@ -420,7 +424,7 @@ def _run_study(study, *, workers, progress, worker_only, finish):
 def _run_local_workers(study, workers: int, progress: bool, deadline) -> None:
     """``--workers N``: N processes of ``archsearch run ... --worker-only`` on this host, sharing the
     storage; this process shows the progress. (Processes, not threads: each trial trains a model.)"""
-    from tqdm import tqdm
+    from snapgen.progress import progress as progress_bar
 
     logs = study.output_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -432,8 +436,8 @@ def _run_local_workers(study, workers: int, progress: bool, deadline) -> None:
         procs.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT), f))
     storage = open_storage(study.cfg.storage)
     ostudy = optuna.load_study(study_name=study.name, storage=storage)
-    bar = tqdm(total=study.cfg.n_trials, desc=f"study {study.name} ({workers} workers)", unit="trial",
-               file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=study.cfg.n_trials, desc=f"study {study.name} ({workers} workers)", unit="trial",
+                       file=sys.stderr, disable=not progress, dynamic_ncols=True)
     seen = set()
     try:
         while True:

@@ -1,8 +1,8 @@
 """``sampler: {name, seed, options}`` -> an Optuna sampler.
 
 Constraints are not given to the samplers as ``constraints_func`` (deprecated in Optuna 5): each
-trial records them with ``trial.set_constraint``, which every sampler, ``plot_pareto_front`` and
-optuna-dashboard read.
+trial records them with ``trial.set_constraint``, which every sampler and ``plot_pareto_front`` read
+(and in the legacy list optuna-dashboard reads: :func:`archsearch.study.storage.set_constraints`).
 """
 from __future__ import annotations
 

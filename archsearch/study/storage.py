@@ -7,7 +7,11 @@
 * ``journal:///PATH``: Optuna's :class:`~optuna.storages.JournalStorage` over a journal file (for
   hosts sharing a file system without a database).
 
-Nothing here adds tables: the storage opens in optuna-dashboard unchanged.
+Nothing here adds tables: the storage opens in optuna-dashboard unchanged, and it shows what
+Optuna shows: constraints are also written in the legacy list form that optuna-dashboard 0.21
+reads (:func:`set_constraints`), and the proxy's intermediate evaluations of completed trials
+are their intermediate values (:func:`report_intermediate`), its learning curves. Only Optuna's public API is
+used: a trial's storage id comes from ``BaseStorage`` (:func:`trial_id`).
 """
 from __future__ import annotations
 
@@ -93,6 +97,45 @@ def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_perio
                                 key="storage") from None
 
 
+# ---- trials through the public storage API ---------------------------------------------------------
+LEGACY_CONSTRAINTS = "constraints"  # the system attribute optuna-dashboard reads: a list of values
+
+
+def trial_id(storage, study_name: str, number: int) -> int:
+    """The storage's id of trial ``number`` of ``study_name`` (Trial and FrozenTrial keep theirs private)."""
+    return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study_name), number)
+
+
+def id_of(trial: optuna.Trial) -> int:
+    return trial_id(trial.storage, trial.study.study_name, trial.number)
+
+
+def set_constraints(trial: optuna.Trial, values: dict[str, float]) -> None:
+    """Each constraint by name (Optuna 5's ``trial.set_constraint``, what Optuna and this project read)
+    and, in the same order, the legacy ``constraints`` list: optuna-dashboard 0.21 reads only that one
+    and showed every trial feasible without it. Optuna reads the list as extra keys "0", "1", ...
+    (same values, so feasibility is unchanged); :func:`named_constraints` leaves them out."""
+    for name, v in values.items():
+        trial.set_constraint(name, v)
+    trial.storage.set_trial_system_attr(id_of(trial), LEGACY_CONSTRAINTS, [float(v) for v in values.values()])
+
+
+def named_constraints(t) -> dict[str, float]:
+    """``t.constraints`` without the legacy list's positional copies (their keys are "0", "1", ...;
+    constraint names are expressions such as "params <= 6e8", never bare digits)."""
+    return {k: v for k, v in t.constraints.items() if not k.isdigit()}
+
+
+def report_intermediate(trial: optuna.Trial, step: int, value: float) -> None:
+    """An intermediate value of a multi-objective trial: ``Trial.report`` refuses them (Optuna cannot
+    prune such trials), so this is the public storage call it would make; optuna-dashboard draws them
+    as learning curves. Only for trials that are about to COMPLETE: Optuna's TPE (and CMA-ES) samplers
+    rank PRUNED trials by their last intermediate value with ``study.direction``, which raises in a
+    multi-objective study, so an early-stopped trial keeps its rungs in the ``evals`` user attribute
+    alone (the early stopping and archsearch's dashboard read them there)."""
+    trial.storage.set_trial_intermediate_value(id_of(trial), int(step), float(value))
+
+
 # ---- the budget lock ------------------------------------------------------------------------------
 @contextlib.contextmanager
 def budget_lock(url: str, study_name: str) -> Iterator[None]:
@@ -169,7 +212,7 @@ def _alive(worker: dict) -> bool:
     return start is None or _proc_start(pid) in (None, start)
 
 
-def fail_orphans(study: optuna.Study, max_retry: int = 2) -> list[int]:
+def fail_orphans(storage, study: optuna.Study, max_retry: int = 2) -> list[int]:
     """RUNNING trials whose worker was a process of this host that no longer exists (``kill -9``,
     power loss) are failed now and re-queued, without waiting for the heartbeat's grace period.
     Trials of other hosts are left to the heartbeat (RDB storages)."""
@@ -181,11 +224,12 @@ def fail_orphans(study: optuna.Study, max_retry: int = 2) -> list[int]:
         if not isinstance(w, dict) or w.get("host") != host or _alive(w):
             continue
         try:
-            if study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+            tid = trial_id(storage, study.study_name, t.number)
+            if storage.set_trial_state_values(tid, state=TrialState.FAIL):
                 failed.append(t.number)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
-        retry(study, study._storage.get_trial(t._trial_id))
+        retry(study, storage.get_trial(tid))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)  # other hosts' silent trials (RDB heartbeat)

@@ -33,11 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     import torch
-    from tqdm import tqdm
 
     from snapgen.autoencoder import load_autoencoder
     from snapgen.data.imagefolder import ImageFolderDataset
     from snapgen.data.latents import LatentShardWriter
+    from snapgen.progress import progress
 
     for flag in ("resolution", "batch_size", "shard_size"):
         if getattr(args, flag) < 1:
@@ -54,7 +54,7 @@ def run(args) -> int:
     loader = torch.utils.data.DataLoader(data, batch_size=args.batch_size, num_workers=args.workers)
     t0 = time.perf_counter()
     writer = LatentShardWriter(out, shard_size=args.shard_size)
-    batches = tqdm(_batches(loader), total=len(loader), desc="encode", file=sys.stderr, disable=args.no_progress,
+    batches = progress(_batches(loader), total=len(loader), desc="encode", file=sys.stderr, disable=args.no_progress,
                    mininterval=2)
     for images, labels in batches:
         z = codec.encode(images, batch_size=len(images))  # normalised: (mean - shift) * scale

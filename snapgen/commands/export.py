@@ -1,5 +1,6 @@
 """``snapgen export``: Core ML packages (.mlpackage) of a UNet and its decoder, from a preset or a
-``save_pretrained`` checkpoint directory."""
+``save_pretrained`` checkpoint directory; or (``--format diffusers``) a trained run as a diffusers
+pipeline directory (:mod:`snapgen.export.diffusers`)."""
 from __future__ import annotations
 
 import json
@@ -8,20 +9,25 @@ from pathlib import Path
 
 from snapgen.errors import UserError
 
-FORMATS = ("coreml",)
+FORMATS = ("coreml", "diffusers")
 
 
 def add_arguments(p):
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--preset", help="UNet preset name (random weights: for deployment plumbing and latency)")
-    src.add_argument("--checkpoint", help="a SnapGenUNet save_pretrained directory (config.json + weights; the "
-                                          "UNet may sit in a 'unet' subfolder), with an optional 'decoder' subfolder")
+    src.add_argument("--checkpoint", help="coreml: a SnapGenUNet save_pretrained directory (config.json + weights; "
+                                          "the UNet may sit in a 'unet' subfolder), with an optional 'decoder' "
+                                          "subfolder; diffusers: a `snapgen train` output_dir")
     p.add_argument("--space", help="UNet search-space YAML holding --preset (default: search_spaces/unet.yaml)")
     p.add_argument("--decoder", default="tiny", help="decoder preset of search_spaces/decoder.yaml for --preset "
                                                      "(default tiny), or 'none'")
     p.add_argument("--decoder-space", help="decoder search-space YAML (default: search_spaces/decoder.yaml)")
-    p.add_argument("--format", default="coreml", help="export format: coreml")
-    p.add_argument("-o", "--out", required=True, help="output directory (unet.mlpackage, decoder.mlpackage)")
+    p.add_argument("--format", default="coreml", help="export format: coreml (default) | diffusers (a pipeline "
+                                                    "directory for DiffusionPipeline.from_pretrained)")
+    p.add_argument("--decoder-run", help="diffusers: the VAE is this `snapgen train stage=decoder` run's tiny decoder "
+                                         "(default: the run's autoencoder)")
+    p.add_argument("-o", "--out", required=True, help="output directory (unet.mlpackage, decoder.mlpackage; or the "
+                                                      "pipeline)")
     p.add_argument("--latent-size", type=int, default=128, help="latent height/width baked in (default 128)")
     p.add_argument("--context-len", type=int, default=77, help="text tokens baked in (default 77)")
     p.add_argument("--attention", default="split_einsum",
@@ -76,6 +82,10 @@ def run(args):
 
     if args.format not in FORMATS:
         raise UserError(f"unknown format {args.format!r}; allowed: {', '.join(FORMATS)}", key="--format")
+    if args.format == "diffusers":
+        return _run_diffusers(args)
+    if args.decoder_run:
+        raise UserError("--decoder-run goes with --format diffusers", key="--decoder-run")
     if args.latent_size <= 0 or args.context_len <= 0:
         raise UserError("--latent-size and --context-len must be positive", key="--latent-size")
     from snapgen.export.coreml import ATTENTION_LAYOUTS, export_decoder, export_unet, io_shapes
@@ -127,4 +137,24 @@ def run(args):
         print(f"  {v}: in {s['inputs']} -> out {s['outputs']}")
     print("  (prediction and timing need macOS: ct.models.MLModel(path) there, or "
           "`archsearch latency --backend coreml` on a Mac)")
+    return 0
+
+
+def _run_diffusers(args):
+    from snapgen.export.diffusers import export_pipeline
+
+    if not args.checkpoint:
+        raise UserError("the diffusers pipeline is made from a trained run (its latent space, text encoder and "
+                        "conditioning): give --checkpoint RUN_DIR (a `snapgen train` output_dir)", key="--preset")
+    t0 = time.perf_counter()
+    out = export_pipeline(args.checkpoint, args.out, decoder_run=args.decoder_run)
+    took = time.perf_counter() - t0
+    parts = sorted(p.name for p in out.iterdir() if p.is_dir())
+    if args.json:
+        print(json.dumps({"out": str(out), "format": "diffusers", "components": parts, "run": args.checkpoint,
+                          "seconds": round(took, 1)}))
+        return 0
+    print(f"diffusers pipeline of {args.checkpoint} -> {out}/ ({', '.join(parts)}), {took:.0f} s")
+    print(f"  SnapGenPipeline.from_pretrained({str(out)!r}) (snapgen.pipeline), or "
+          f"DiffusionPipeline.from_pretrained({str(out)!r}, trust_remote_code=True)")
     return 0

@@ -16,6 +16,17 @@ def add_arguments(p):
     p.add_argument("-o", "--output", required=True, help="PNG file to write")
 
 
+def write_grid(images, names, path, *, per_row: int, stage: str, steps: int, cfg_scale: float, seed: int):
+    """The PNG of ``snapgen sample``: uint8 images (len(names) * per_row, C, H, W), one row per name."""
+    import torch
+
+    from snapgen.sampling import save_grid
+
+    labels = torch.arange(len(names)).repeat_interleave(per_row)
+    return save_grid(images, labels, names, path, per_class=per_row,
+                     title=f"{stage}: {steps} steps, cfg {cfg_scale}, seed {seed}")
+
+
 def run(args):
     import torch
 
@@ -23,7 +34,6 @@ def run(args):
     from snapgen.errors import UserError
     from snapgen.flow import sample
     from snapgen.proxy import prepare_assets
-    from snapgen.sampling import save_grid
     from snapgen.text import class_conditioning
     from snapgen.train.inference import load_run_model, run_proxy_config
     from snapgen.train.models import sampleable
@@ -63,7 +73,7 @@ def run(args):
         cond.pop("pooled"), unc.pop("pooled")
     z = sample(model, noise, cond, unc, steps=pc.sample_steps, cfg_scale=pc.cfg_scale, method=pc.sampler)
     images = to_uint8(assets.codec.decode(z))
-    save_grid(images, labels, names, args.output, per_class=n,
-              title=f"{cfg.stage}: {pc.sample_steps} steps, cfg {pc.cfg_scale}, seed {args.seed}")
+    write_grid(images, names, args.output, per_row=n, stage=cfg.stage, steps=pc.sample_steps, cfg_scale=pc.cfg_scale,
+               seed=args.seed)
     print(f"{args.output}: {k} x {n} samples, {pc.sample_steps} {pc.sampler} steps, cfg {pc.cfg_scale}")
     return 0

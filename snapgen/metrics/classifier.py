@@ -73,7 +73,7 @@ class FMNISTClassifier(nn.Module):
 
 
 def _train(cfg: ClassifierConfig, train: LabelledImages, test: LabelledImages, out) -> None:
-    from tqdm import tqdm
+    from snapgen.progress import progress
 
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -82,7 +82,7 @@ def _train(cfg: ClassifierConfig, train: LabelledImages, test: LabelledImages, o
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     t0 = time.time()
-    for step in tqdm(range(cfg.steps), desc="metric classifier (once)", file=sys.stderr, mininterval=2, leave=False):
+    for step in progress(range(cfg.steps), desc="metric classifier (once)", file=sys.stderr, mininterval=2, leave=False):
         idx = torch.randint(len(x_all), (cfg.batch_size,), generator=g)
         x = x_all[idx]
         if cfg.hflip:

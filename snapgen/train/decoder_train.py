@@ -34,11 +34,11 @@ class PatchDisc(nn.Module):
 
 
 def build(cfg: TrainConfig, codec) -> nn.Module:
-    from snapgen.decoder import AutoencoderKLDecoder, AutoencoderKLSpec, DecoderSpec, TinyDecoder
+    from snapgen.decoder import AutoencoderKLSpec, DecoderSpec, TinyDecoder, build_decoder, decode_path
 
     if cfg.decoder.baseline:
         conf = {k: v for k, v in dict(codec.vae.config).items() if not k.startswith("_")}
-        return AutoencoderKLDecoder(AutoencoderKLSpec(config=conf, name="proxy-autoencoder"))
+        return decode_path(build_decoder(AutoencoderKLSpec(config=conf, name="proxy-autoencoder")))
     arch = dict(cfg.decoder.arch)
     arch.update(latent_channels=codec.latent_channels, out_channels=codec.in_channels)
     try:

@@ -225,7 +225,8 @@ def _train(cfg: TrainConfig, dist: Dist) -> dict:
     proj, scaler = None, TimestepScaler(["task", "out", "feat"], cfg.kd.bins, cfg.kd.momentum, cfg.kd.max_scale)
     if cfg.stage == "kd" and cfg.kd.mode != "none" and cfg.kd.features:
         _, sf = net(torch.zeros((1,) + tuple(assets.latents.shape[1:])), torch.full((1,), 500.0),
-                    assets.context[:1], pooled=assets.pooled[:1] if net.spec.pooled_dim else None, return_features=True)
+                    assets.context[:1], pooled=assets.pooled[:1] if net.spec.pooled_dim else None, return_features=True,
+                    return_dict=False)
         for f in cfg.kd.features:
             if f not in sf:
                 raise UserError(f"the student has no feature {f!r}; allowed: {', '.join(sf)}", key="kd.features")

@@ -21,7 +21,8 @@ class Student(nn.Module):
     def forward(self, x, t1000, ctx, pooled):
         if self.proj is None:
             return call(self.net, x, t1000, ctx, pooled), []
-        v, feats = self.net(x, t1000, ctx, pooled=pooled if self.net.spec.pooled_dim else None, return_features=True)
+        v, feats = self.net(x, t1000, ctx, pooled=pooled if self.net.spec.pooled_dim else None, return_features=True,
+                            return_dict=False)
         return v, self.proj(feats)
 
 

@@ -42,7 +42,7 @@ def call(net: nn.Module, x, t1000, ctx, pooled):
     from snapgen.unet import SnapGenUNet
 
     if isinstance(net, SnapGenUNet):
-        return net(x, t1000, ctx, pooled=pooled if net.spec.pooled_dim else None)
+        return net(x, t1000, ctx, pooled=pooled if net.spec.pooled_dim else None, return_dict=False)[0]
     name = type(net).__name__
     if name == "SD3Transformer2DModel":
         return net(hidden_states=x, encoder_hidden_states=ctx, pooled_projections=pooled, timestep=t1000,
@@ -88,7 +88,8 @@ class Teacher(nn.Module):
 
         self._feats = []
         if isinstance(self.net, SnapGenUNet):
-            v, f = self.net(x, t1000, ctx, pooled=pooled if self.net.spec.pooled_dim else None, return_features=True)
+            v, f = self.net(x, t1000, ctx, pooled=pooled if self.net.spec.pooled_dim else None, return_features=True,
+                            return_dict=False)
             feats = list(f.values())
         else:
             v = call(self.net, x, t1000, ctx, pooled)

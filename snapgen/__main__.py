@@ -1,0 +1,3 @@
+from snapgen.cli import main
+
+raise SystemExit(main())
