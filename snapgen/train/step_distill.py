@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from snapgen.errors import UserError
 from snapgen.flow import interpolate
+from snapgen.train.engine import adamw
 
 
 def load_init(net, init: str) -> None:
@@ -84,7 +85,7 @@ class StepDistillation:
         self.feature = disc_feature if -n <= disc_feature < n else -1
         self.head = DiscHead(feats[self.feature].shape[1], pooled_dim).to(device)
         self.head_train = wrap(self.head) if wrap is not None else self.head  # DDP for the head's own step
-        self.opt = torch.optim.AdamW(self.head.parameters(), lr=disc_lr, betas=(0.0, 0.99))
+        self.opt = adamw(self.head.parameters(), device, lr=disc_lr, betas=(0.0, 0.99))
 
     def _score(self, head, x0, s, noise, batch):
         _, feats = self.teacher(interpolate(x0, noise, s), s * 1000, batch["ctx"], batch["pooled"], features=True)
