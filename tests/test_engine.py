@@ -146,16 +146,16 @@ def _tiny_unet(context_dim=16):
     return SnapGenUNet.from_spec(spec)
 
 
-def _flow_batches(**kw):
+def _flow_batches(device, **kw):
     from snapgen.train.batches import FlowBatches
 
     g = torch.Generator().manual_seed(0)
     return FlowBatches(torch.randn(40, 4, 8, 8, generator=g), torch.arange(40) % 3, torch.randn(4, 5, 16, generator=g),
-                       torch.randn(4, 16, generator=g), batch_size=4, null=3, p_uncond=0.2, seed=0, **kw)
+                       torch.randn(4, 16, generator=g), batch_size=4, null=3, p_uncond=0.2, seed=0, device=device, **kw)
 
 
-def _objectives():
-    """(name, student, objective, batches) for every objective the engine runs, at toy size."""
+def _objectives(device=torch.device("cpu")):
+    """(name, student, objective, batches) for every objective the engine runs, at toy size, on ``device``."""
     from snapgen.train.kd import KnowledgeDistillation, Projections, TimestepScaler
     from snapgen.train.models import Student
     from snapgen.train.objectives import FlowMatching
@@ -163,21 +163,22 @@ def _objectives():
     from snapgen.train.step_distill import StepDistillation
     from snapgen.train.teacher import Teacher
 
-    teacher = Teacher(_tiny_unet())
-    net = _tiny_unet()
+    torch.manual_seed(0)
+    teacher = Teacher(_tiny_unet()).to(device)
     proj = Projections(["mid"], [32], [32])
     kd = KnowledgeDistillation(teacher, mode="timestep_aware", out_weight=1.0, feat_weight=0.5, teacher_features=[0],
-                               scaler=TimestepScaler(["task", "out", "feat"]))
-    probe = (torch.zeros(1, 4, 8, 8), torch.full((1,), 500.0), torch.zeros(1, 5, 16), torch.zeros(1, 16))
+                               scaler=TimestepScaler(["task", "out", "feat"]).to(device))
+    probe = tuple(x.to(device) for x in (torch.zeros(1, 4, 8, 8), torch.full((1,), 500.0), torch.zeros(1, 5, 16),
+                                         torch.zeros(1, 16)))
     sd = StepDistillation(teacher, pooled_dim=16, probe=probe, student_steps=4, teacher_substeps=2, kd_weight=1.0,
-                          adv_weight=0.1, adv_start=0, disc_lr=1e-3, disc_feature=-1, device=torch.device("cpu"))
+                          adv_weight=0.1, adv_start=0, disc_lr=1e-3, disc_feature=-1, device=device)
     dec = torch.nn.Sequential(torch.nn.Upsample(scale_factor=2), torch.nn.Conv2d(4, 1, 3, padding=1))
-    rec = DecoderReconstruction(disc=PatchDisc(1, 8), adv_weight=0.1)
-    images = RandomBatches({"z": torch.randn(20, 4, 8, 8), "x": torch.randn(20, 1, 16, 16)}, 4, seed=0)
-    return [("flow_matching", Student(_tiny_unet()), FlowMatching(), _flow_batches()),
-            ("knowledge_distillation", Student(net, proj), kd, _flow_batches()),
-            ("step_distillation", Student(_tiny_unet()), sd, _flow_batches(timesteps=sd.timesteps)),
-            ("decoder_reconstruction", dec, rec, images)]
+    rec = DecoderReconstruction(disc=PatchDisc(1, 8).to(device), adv_weight=0.1)
+    images = RandomBatches({"z": torch.randn(20, 4, 8, 8), "x": torch.randn(20, 1, 16, 16)}, 4, seed=0, device=device)
+    return [("flow_matching", Student(_tiny_unet()).to(device), FlowMatching(), _flow_batches(device)),
+            ("knowledge_distillation", Student(_tiny_unet(), proj).to(device), kd, _flow_batches(device)),
+            ("step_distillation", Student(_tiny_unet()).to(device), sd, _flow_batches(device, timesteps=sd.timesteps)),
+            ("decoder_reconstruction", dec.to(device), rec, images)]
 
 
 @pytest.mark.parametrize("which", range(4), ids=[o[0] for o in _objectives()])

@@ -115,16 +115,14 @@ def release_memory() -> None:
         torch.mps.empty_cache()
 
 
-@contextlib.contextmanager
-def out_of_memory_as_error(what: str, device: torch.device):
-    """``torch.OutOfMemoryError`` inside the block -> :class:`OutOfMemory` naming ``what`` and the
-    device; the frames that held the run's tensors are cleared first, so memory can be released."""
+def out_of_memory_as_error(fn, what: str, device: torch.device):
+    """``fn()``, with a ``torch.OutOfMemoryError`` turned into :class:`OutOfMemory` naming ``what``
+    and the device. The failed call's frames are cleared and the allocator's cache emptied first,
+    and the new error does not chain the old one, so nothing keeps the run's tensors alive."""
     try:
-        yield
+        return fn()
     except torch.OutOfMemoryError as e:
         traceback.clear_frames(e.__traceback__)
         msg = f"out of memory {what} on {describe(device)}"
-    else:
-        return
     release_memory()
-    raise OutOfMemory(msg) from None
+    raise OutOfMemory(msg)

@@ -173,8 +173,7 @@ class Engine:
         """Train from the current step to ``recipe.steps`` (or until a hook stops the run)."""
         what = f"at batch {self.batch_size}" if self.batch_size else "while training"
         try:
-            with out_of_memory_as_error(what, self.device):
-                self._loop()
+            out_of_memory_as_error(self._loop, what, self.device)
         finally:
             for h in self.hooks:
                 h.close()
@@ -263,8 +262,7 @@ class Evaluate(Hook):
 
     def _evaluate(self, engine) -> bool:
         t0 = time.perf_counter()
-        with out_of_memory_as_error(f"evaluating at step {engine.step}", engine.device):
-            value = self.fn(engine)
+        value = out_of_memory_as_error(lambda: self.fn(engine), f"evaluating at step {engine.step}", engine.device)
         self.seconds += time.perf_counter() - t0
         self.evaluations.append((engine.step, value))
         if self.on_eval is None:
