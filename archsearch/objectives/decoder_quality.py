@@ -75,6 +75,7 @@ class DecoderResult:
     evaluations: tuple
     stopped_early: bool
     params: int
+    device: str = "cpu"  # where it trained (cpu, cuda:N, mps)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -114,7 +115,7 @@ def decoder_quality(spec, cfg: DecoderProxyConfig, *, seed: int,
     from snapgen.autoencoder import psnr
     from snapgen.decoder import DecoderSpec, TinyDecoder
     from snapgen.train.batches import RandomBatches
-    from snapgen.train.device import resolve_device
+    from snapgen.train.device import describe, resolve_device
     from snapgen.train.engine import Engine, Evaluate, Progress, Recipe
     from snapgen.train.reconstruction import DecoderReconstruction
 
@@ -157,6 +158,7 @@ def decoder_quality(spec, cfg: DecoderProxyConfig, *, seed: int,
                         hooks=[Progress(cfg.steps, f"decoder proxy {spec.name}", enabled=cfg.progress), ev],
                         batch_size=cfg.batch_size).run()
         return DecoderResult("psnr", ev.evaluations[-1][1], engine.step, time.perf_counter() - t_start,
-                             tuple(ev.evaluations), engine.stopped, sum(p.numel() for p in model.parameters()))
+                             tuple(ev.evaluations), engine.stopped, sum(p.numel() for p in model.parameters()),
+                             describe(device))
     finally:
         torch.set_num_threads(prev)

@@ -183,6 +183,7 @@ class Engine:
         r = self.recipe
         self.model.train()
         t0 = time.perf_counter()
+        in_hooks = 0.0
         while self.step < r.steps:
             self.train_step()
             due = [h for h in self.hooks if h.due(self.step, self)]
@@ -193,12 +194,13 @@ class Engine:
                 stop = False
                 for h in due:
                     stop = bool(h(self)) or stop
-                self.hook_seconds += time.perf_counter() - t1
+                in_hooks += time.perf_counter() - t1
                 if stop:
                     self.stopped = True
                     break
         synchronize(self.device)
-        self.train_seconds += time.perf_counter() - t0 - self.hook_seconds
+        self.train_seconds += time.perf_counter() - t0 - in_hooks
+        self.hook_seconds += in_hooks
         for h in self.hooks:
             h.end(self)
 
