@@ -8,6 +8,8 @@ which data it used.
 """
 from __future__ import annotations
 
+import statistics
+import time
 from dataclasses import dataclass, replace
 
 import torch
@@ -38,7 +40,7 @@ def synthetic_assets(n: int = 8192, classes: int = 10, tokens: int = 9, width: i
 def add_arguments(ap) -> None:
     ap.add_argument("--preset", default="a")
     ap.add_argument("--steps", type=int, default=40, help="training steps per round")
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--precision", default="fp32", help="auto, fp32, bf16, fp16 (the bare loop: fp32 only)")
@@ -60,9 +62,8 @@ def setup(args):
     return cfg, assets, spec, resolve_device(cfg.device)
 
 
-def engine_rate(cfg, assets, spec, device, seed: int = 0):
-    """Images/s of the proxy's training run (the engine as :func:`snapgen.proxy.run_proxy` builds it,
-    evaluation excluded), and the engine."""
+def engine(cfg, assets, spec, device, seed: int = 0):
+    """The proxy's training engine for ``spec`` (as :func:`snapgen.proxy.run_proxy` builds it, no evaluation)."""
     from snapgen.proxy import flow_engine
     from snapgen.train.models import Student
     from snapgen.train.objectives import FlowMatching
@@ -70,5 +71,21 @@ def engine_rate(cfg, assets, spec, device, seed: int = 0):
 
     torch.manual_seed(seed)
     net = SnapGenUNet.from_spec(spec).to(device)
-    e = flow_engine(Student(net), assets, cfg, seed=seed, device=device, objective=FlowMatching(), ema_of=net).run()
-    return e.step * cfg.batch_size / e.train_seconds, e
+    return flow_engine(Student(net), assets, cfg, seed=seed, device=device, objective=FlowMatching(), ema_of=net)
+
+
+def engine_rate(cfg, assets, spec, device, seed: int = 0):
+    """(images/s of wall time, images/s of this thread's CPU time, the engine) of the proxy's training
+    run: the engine as :func:`snapgen.proxy.run_proxy` builds it, evaluation excluded. CPU time counts
+    only while this thread runs, so on a shared machine it is less disturbed by the other jobs (on
+    a GPU it means nothing: use the wall-time rate)."""
+    e = engine(cfg, assets, spec, device, seed)
+    c0 = time.thread_time()
+    e.run()
+    images = e.step * cfg.batch_size
+    return images / e.train_seconds, images / (time.thread_time() - c0), e
+
+
+def paired(ours: list[float], theirs: list[float]) -> float:
+    """The median of the per-round ratios (each round runs both back to back)."""
+    return statistics.median(a / b for a, b in zip(ours, theirs))
