@@ -167,3 +167,16 @@ def test_out_of_memory_trial_fails_with_its_reason_and_the_study_goes_on(tmp_pat
 def test_oom_text_is_documented():
     text = (REPO / "docs" / "study.md").read_text() + (REPO / "docs" / "proxy.md").read_text()
     assert "workers: auto" in text and "out of memory at batch" in text
+
+
+def test_promote_leaves_the_recipe_to_the_train_section(tiny_study, tmp_path, monkeypatch):
+    """A study's proxy recipe, budget and device (lr, threads, device, ...) are not copied into the
+    promoted training config, whose train section owns them (proxy.lr there would be an error)."""
+    from archsearch.promote import promote
+
+    monkeypatch.chdir(tmp_path)
+    p = tiny_study(n_trials=3)
+    assert main(["run", str(p), "proxy={lr: 0.003, threads: 1, device: cpu, grad_clip: 0.5, num_samples: 64}",
+                 "--no-progress"]) == 0
+    cfg, _ = promote(tmp_path / "run", pick="knee")
+    assert cfg.proxy == {"num_samples": 64} and cfg.train.device == "auto"
