@@ -7,8 +7,8 @@
 #   4. benches/proxy_throughput.py --device cuda   (engine vs bare PyTorch loop, fp32)
 #   5. benches/proxy_mfu.py --device cuda          (MFU under bf16 autocast, against a bf16 matmul)
 # then one summary (also when a step fails or times out). Each step has its own time limit; the
-# limits add up to 470 s, so the whole check stays under 8 minutes. Logs: $OUT/<step>.log
-# (default gpu-check-out/, which also holds the artefact cache of this check).
+# limits add up to 470 s, so the whole check stays under 8 minutes. Logs and summary.txt:
+# $OUT/<step>.log (default gpu-check-out/).
 #
 #   bash scripts/gpu_check.sh            # OUT=dir, PYTHON=python3 to override
 set -euo pipefail
@@ -19,7 +19,7 @@ OUT="${OUT:-$ROOT/gpu-check-out}"
 mkdir -p "$OUT"
 PY="${PYTHON:-python3}"
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
-export SNAPGEN_CACHE="${SNAPGEN_CACHE:-$OUT/cache}"
+export SNAPGEN_CACHE="${SNAPGEN_CACHE:-${TMPDIR:-/tmp}/snapgen-gpu-check-cache}"  # not under $OUT: logs only there
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 START=$(date +%s)
 
