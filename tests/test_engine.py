@@ -77,6 +77,20 @@ def test_schedule_clip_and_ema():
     assert e.ema is not None and e.ema.num_updates == 1
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_and_the_fp16_gradient_scaler(dtype):
+    """Under autocast the loop trains (fp16 through a GradScaler, whose state is checkpointed)."""
+    g = torch.Generator().manual_seed(0)
+    data = _Fixed([{"x": torch.randn(8, 3, generator=g), "y": torch.randn(8, 2, generator=g)}])
+    net = _linear()
+    before = net.weight.detach().clone()
+    e = Engine(net, _mse, data, Recipe(steps=4, lr=0.1, grad_clip=1.0), dtype=dtype).run()
+    assert (e.scaler is not None) == (dtype == torch.float16) and torch.isfinite(e.loss)
+    assert not torch.equal(before, net.weight)
+    if e.scaler is not None:
+        assert e.state_dict()["grad_scaler"]["scale"] > 0
+
+
 def test_hooks_stop_trial_and_final_evaluation():
     seen = []
 
