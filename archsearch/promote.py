@@ -133,9 +133,11 @@ def promote(run_dir: str | Path, *, trial: int | None = None, pick: str | None =
     else:
         t, how = pick_rule(run, pick), pick.strip()
     spec = ArchSpec.from_dict(t.user_attrs["spec"])  # checks it still builds
+    from snapgen.train.config import TRAIN_OWNED  # the recipe, budget and device: the train section's
+
     proxy_keys = {f for f in ProxyConfig.__dataclass_fields__}
     study_proxy = {k: v for k, v in dict(run.cfg.get("proxy") or {}).items()
-                   if k in proxy_keys and k not in ("steps", "batch_size", "eval_every", "eval_at", "progress")}
+                   if k in proxy_keys and k not in TRAIN_OWNED + ("eval_every", "eval_at")}
     rec_file = Path(run_dir) / "trials" / str(t.number) / "trial.json"
     trial_code = None
     if rec_file.is_file():

@@ -11,10 +11,8 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +23,7 @@ import torch.nn.functional as F
 from snapgen.cache import (atomic_torch_save, atomic_write_json, cache_dir, combine, get_or_build, hash_config,
                            load_tensors)
 from snapgen.data.base import LabelledImages
-from snapgen.errors import TrainingError, UserError
+from snapgen.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -70,6 +68,11 @@ class LatentCodec:
         self.scaling_factor = float(cfg.scaling_factor)
         self.shift_factor = float(getattr(cfg, "shift_factor", None) or 0.0)
         self.in_channels = int(cfg.in_channels)
+
+    def to(self, device) -> "LatentCodec":
+        """Encode and decode on ``device`` (inputs are moved there, outputs come back to the CPU)."""
+        self.vae.to(device)
+        return self
 
     @property
     def latent_channels(self) -> int:
@@ -149,10 +152,26 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     return float((10 * torch.log10(4.0 / mse)).mean())
 
 
+class _VAELoss:
+    """The autoencoder's objective (engine signature): reconstruction MSE of a posterior sample +
+    ``kl_weight`` KL. The sample is drawn from the data stream's generator (one random stream)."""
+
+    def __init__(self, kl_weight: float, generator: torch.Generator):
+        self.kl_weight, self.generator = kl_weight, generator
+
+    def __call__(self, vae, batch: dict, step: int):
+        x = batch["x"]
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(self.generator)).sample
+        return F.mse_loss(rec, x) + self.kl_weight * post.kl().mean(), {}
+
+
 def _train_vae(cfg: AEConfig, train: LabelledImages, held_out: LabelledImages, out_dir: Path) -> torch.Tensor:
     """Train, normalise, measure and save the autoencoder; returns the normalised latents of ``train``
-    (the normalisation pass encodes the whole set anyway, so the latent cache needs no second pass)."""
-    from snapgen.progress import progress
+    (the normalisation pass encodes the whole set anyway, so the latent cache needs no second pass).
+    Trained by the engine on the CPU: a cached asset must not depend on the machine that built it."""
+    from snapgen.train.batches import RandomBatches
+    from snapgen.train.engine import Engine, Progress, Recipe
 
     g = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -160,26 +179,11 @@ def _train_vae(cfg: AEConfig, train: LabelledImages, held_out: LabelledImages, o
     codec_prep = LatentCodec(vae, resolution=cfg.resolution)  # only for .prepare
     vae.train().requires_grad_(True)
     data = codec_prep.prepare(train.images)  # float, in memory once
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.lr, weight_decay=0.0)
-    warm = max(1, cfg.warmup_steps)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
     t0 = time.time()
-    bar = progress(range(cfg.steps), desc="autoencoder (once)", file=sys.stderr, mininterval=2, leave=False)
-    for step in bar:
-        x = data[torch.randint(len(data), (cfg.batch_size,), generator=g)]
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample(g)).sample
-        loss = F.mse_loss(rec, x) + cfg.kl_weight * post.kl().mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if step % 50 == 0 or step == cfg.steps - 1:
-            if not math.isfinite(loss.item()):
-                raise TrainingError(f"autoencoder training diverged: non-finite loss at step {step}")
-            bar.set_postfix(loss=f"{loss.item():.4f}")
-    bar.close()
+    recipe = Recipe(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="cosine", check_every=50)
+    engine = Engine(vae, _VAELoss(cfg.kl_weight, g), RandomBatches({"x": data}, cfg.batch_size, generator=g),
+                    recipe, hooks=[Progress(cfg.steps, "autoencoder (once)")], lr_key="ae.lr", batch_size=cfg.batch_size)
+    engine.run()
     vae.eval().requires_grad_(False)
     # Latent normalisation (SD3 convention): shift = mean, scale = 1 / std of the posterior means
     # (of the whole training set: these are also the cached training latents).
@@ -194,7 +198,7 @@ def _train_vae(cfg: AEConfig, train: LabelledImages, held_out: LabelledImages, o
     rec = codec.decode(codec.encode(held_out.images[: cfg.eval_images]))
     report = {"psnr_db": psnr(rec, real), "eval_images": len(real), "train_seconds": time.time() - t0,
               "encode_seconds": encode_s, "steps": cfg.steps,
-              "final_loss": float(loss.item()), "config": asdict(cfg), "data_hash": train.content_hash,
+              "final_loss": engine.loss_value, "config": asdict(cfg), "data_hash": train.content_hash,
               "params": sum(p.numel() for p in vae.parameters()),
               "latent_shape": [cfg.latent_channels, codec.latent_size, codec.latent_size],
               "scaling_factor": codec.scaling_factor, "shift_factor": codec.shift_factor}

@@ -14,7 +14,6 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 def logit_normal(n: int, *, mean: float = 0.0, std: float = 1.0, generator: torch.Generator | None = None,
@@ -46,12 +45,15 @@ def velocity(model: nn.Module, x: torch.Tensor, t1000: torch.Tensor, **cond) -> 
     (``.sample``, the first element) or a tuple; plain functions a tensor."""
     out = model(x, t1000, **cond)
     return out if isinstance(out, torch.Tensor) else out[0]
+def flow_error(pred: torch.Tensor, x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Per-sample mean squared velocity error (float32), shape (B,): the one reduction every
+    flow-matching loss uses (the batch mean of it; KD weighs it per sample first)."""
+    return ((pred.float() - velocity_target(x0, noise).float()) ** 2).flatten(1).mean(1)
 
 
 def flow_loss(model: nn.Module, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, **cond) -> torch.Tensor:
     """Mean squared velocity error at timesteps ``t`` (each in [0, 1])."""
-    pred = velocity(model, interpolate(x0, noise, t), t * 1000, **cond)
-    return F.mse_loss(pred.float(), velocity_target(x0, noise).float())
+    return flow_error(velocity(model, interpolate(x0, noise, t), t * 1000, **cond), x0, noise).mean()
 
 
 class EMA:

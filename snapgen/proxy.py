@@ -8,6 +8,12 @@ cross-attention context), samples ``num_samples`` images with CFG and returns a 
 reported through ``on_eval(step, value)``; returning True or raising :class:`StopTrial` stops the
 run (multi-fidelity / successive-halving early stopping in the study layer).
 
+The training is one run of the engine (:mod:`snapgen.train.engine`) with the recipe of ``snapgen
+train stage=base`` (:func:`flow_recipe`, :func:`flow_engine`: both build their runs here), so a
+study ranks architectures the way the final training trains them. It runs on ``cfg.device``
+(``auto``: CUDA, then MPS, then the CPU): the latents and text embeddings move there once, the
+sampling and the metric's feature extraction run there too.
+
 Everything expensive that does not depend on the architecture — data, autoencoder, latents, text
 embeddings, metric classifier, reference statistics — is built once, cached on disk by content
 hash and kept in memory for the process (:func:`prepare_assets`).
@@ -16,30 +22,27 @@ from __future__ import annotations
 
 import contextlib
 import math
-import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from snapgen.autoencoder import AEConfig, LatentCodec, cached_latents, load_autoencoder, proxy_autoencoder
 from snapgen.cache import combine
 from snapgen.data.base import LabelledImages, to_uint8
 from snapgen.data.latents import LatentSet, load_latent_shards
 from snapgen.errors import DataError, TrainingError, UserError
-from snapgen.flow import EMA, drop_condition, interpolate, logit_normal, sample, velocity_target
+from snapgen.flow import sample
 from snapgen.metrics.classifier import ClassifierConfig
 from snapgen.spec import ArchSpec
 from snapgen.text import DEFAULT_ENCODER, DEFAULT_TEMPLATE, class_conditioning
+from snapgen.train.device import autocast_dtype, check_device, check_precision, describe, resolve_device
+from snapgen.train.engine import Engine, Evaluate, Progress, Recipe
+from snapgen.train.engine import StopTrial  # noqa: F401  (public here: snapgen.proxy.StopTrial)
 
 DATASETS = ("fashion-mnist", "imagefolder", "latents")
-
-
-class StopTrial(Exception):
-    """Raised by an ``on_eval`` callback to stop training early (the result keeps what was measured)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class ProxyConfig:
     lr: float = 1e-3
     warmup_steps: int = 10
     weight_decay: float = 0.0
+    grad_clip: float = 1.0  # max global gradient norm (0: off); `snapgen train`'s recipe
+    grad_accum: int = 1  # micro-batches per optimiser step (batch_size is the whole step's)
     ema_decay: float = 0.99  # 0 disables EMA (sample from the raw weights)
     p_uncond: float = 0.1  # condition dropout for classifier-free guidance
     logit_mean: float = 0.0
@@ -83,6 +88,9 @@ class ProxyConfig:
     prompt_template: str = DEFAULT_TEMPLATE
     null_condition: str = "empty"
     # runtime
+    device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16 (+ grad scaler)
+    compile: bool = False  # torch.compile the proxy model's training forward
     threads: int = 1  # torch CPU threads during the run and the asset build (0: leave as is); 1 is robust on shared CPUs
     progress: bool = True
 
@@ -90,9 +98,15 @@ class ProxyConfig:
         def err(key, msg):
             return UserError(msg, key=key)
 
-        for k in ("batch_size", "num_samples", "sample_steps", "head_dim", "norm_groups"):
+        for k in ("batch_size", "num_samples", "sample_steps", "head_dim", "norm_groups", "grad_accum"):
             if getattr(self, k) < 1:
                 raise err(k, f"must be >= 1, got {getattr(self, k)}")
+        if self.batch_size % self.grad_accum:
+            raise err("grad_accum", f"batch_size {self.batch_size} is not divisible by it")
+        if self.grad_clip < 0:
+            raise err("grad_clip", f"must be >= 0 (0: off), got {self.grad_clip}")
+        check_device(self.device, key="device")
+        check_precision(self.precision, key="precision")
         if self.steps < 0:
             raise err("steps", f"must be >= 0, got {self.steps}")
         if not (self.width_mult > 0 and self.depth_mult > 0):
@@ -145,6 +159,8 @@ class ProxyResult:
     final_loss: float
     stopped_early: bool
     assets: dict  # autoencoder PSNR, classifier accuracy, cache hits
+    device: str  # where it ran: cpu, cuda:N (the physical GPU), mps
+    precision: str  # fp32, bf16 or fp16 (autocast)
     samples: torch.Tensor | None = field(default=None, repr=False)  # uint8 images of the last evaluation
     sample_labels: torch.Tensor | None = field(default=None, repr=False)
     samples_by_step: dict = field(default_factory=dict, repr=False)  # step -> uint8 images of each evaluation
@@ -154,7 +170,8 @@ class ProxyResult:
                 "evaluations": [list(e) for e in self.evaluations], "params": self.params,
                 "train_seconds": self.train_seconds, "eval_seconds": self.eval_seconds,
                 "images_per_second": self.images_per_second, "final_loss": self.final_loss,
-                "stopped_early": self.stopped_early, "assets": self.assets, "spec": self.spec.to_dict()}
+                "stopped_early": self.stopped_early, "assets": self.assets, "device": self.device,
+                "precision": self.precision, "spec": self.spec.to_dict()}
 
 
 # ---- assets (everything that does not depend on the architecture) -------------------------------
@@ -170,6 +187,25 @@ class ProxyAssets:
     reference_key: str
     metric_weights: str | None
     info: dict
+    _placed: dict = field(default_factory=dict, init=False, repr=False)  # device -> DeviceAssets (moved once)
+
+    def on(self, device: torch.device) -> "DeviceAssets":
+        """The training tensors and the autoencoder on ``device`` (moved on first use, then kept)."""
+        key = str(device)
+        if key not in self._placed:
+            self.codec.to(device)
+            self._placed.clear()  # one device per process: no second copy of the latents
+            self._placed[key] = DeviceAssets(self.latents.to(device), self.labels.to(device),
+                                             self.context.to(device), self.pooled.to(device))
+        return self._placed[key]
+
+
+@dataclass(frozen=True, eq=False)
+class DeviceAssets:
+    latents: torch.Tensor
+    labels: torch.Tensor
+    context: torch.Tensor
+    pooled: torch.Tensor
 
 
 def _load_data(cfg: ProxyConfig) -> tuple[LabelledImages, LabelledImages]:
@@ -342,40 +378,73 @@ def proxy_spec(spec: ArchSpec, cfg: ProxyConfig, *, latent_channels: int, contex
                    pooled_dim=context_dim if spec.pooled_dim else 0).validate()
 
 
+# ---- the recipe (shared with `snapgen train`) ---------------------------------------------------
+def flow_recipe(cfg: ProxyConfig) -> Recipe:
+    """The optimisation recipe of a flow-matching run: the proxy's and every diffusion stage's of
+    ``snapgen train`` (whose config supplies these fields from its train section)."""
+    return Recipe(steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, schedule="constant",
+                  weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip, ema_decay=cfg.ema_decay,
+                  accum=cfg.grad_accum)
+
+
+def flow_engine(student, assets: ProxyAssets, cfg: ProxyConfig, *, seed: int, device: torch.device, objective,
+                hooks=(), net=None, ema_of=None, timesteps=None, rank: int = 0, world: int = 1, reduce=None,
+                lr_key: str = "lr") -> Engine:
+    """The engine run that trains ``student`` (a :class:`snapgen.train.models.Student`) on the
+    proxy's latents with ``objective``: the data stream, recipe, precision and compilation of
+    ``cfg``. ``net`` (a DDP wrapper) and ``ema_of`` (the backbone) as :class:`Engine` takes them."""
+    from snapgen.train.batches import FlowBatches
+
+    on = assets.on(device)
+    micro = cfg.batch_size // cfg.grad_accum
+    batches = FlowBatches(on.latents, on.labels, on.context, on.pooled, batch_size=micro,
+                          null=len(assets.class_names), p_uncond=cfg.p_uncond, seed=seed, device=device,
+                          logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, timesteps=timesteps, rank=rank,
+                          world=world)
+    return Engine(student, objective, batches, flow_recipe(cfg), device=device,
+                  dtype=autocast_dtype(cfg.precision, device), compile=cfg.compile, net=net, ema_of=ema_of,
+                  hooks=hooks, reduce=reduce, lr_key=lr_key, batch_size=micro // world)
+
+
 # ---- evaluation ---------------------------------------------------------------------------------
 def generate(model, assets: ProxyAssets, cfg: ProxyConfig, *, seed: int, num_samples: int | None = None,
-             batch_size: int = 250) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class-balanced samples (labels 0..K-1 cycling) as uint8 images, with their labels."""
+             batch_size: int = 250, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-balanced samples (labels 0..K-1 cycling) as uint8 images, with their labels. The noise is
+    drawn on the CPU (the same on every device), the sampling and decoding run on ``device``."""
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
+    on = assets.on(dev)
     n = num_samples or cfg.num_samples
     k = len(assets.class_names)
     labels = torch.arange(n) % k
     g = torch.Generator().manual_seed(seed)
     c, h, w = assets.latents.shape[1:]
-    noise = torch.randn(n, c, h, w, generator=g)
+    noise = torch.randn(n, c, h, w, generator=g).to(dev)
+    y_all = labels.to(dev)
     use_pooled = model.spec.pooled_dim > 0
     out = []
     for i in range(0, n, batch_size):
-        y = labels[i:i + batch_size]
-        cond = {"encoder_hidden_states": assets.context[y]}
-        unc = {"encoder_hidden_states": assets.context[-1:].expand(len(y), -1, -1)}
+        y = y_all[i:i + batch_size]
+        cond = {"encoder_hidden_states": on.context[y]}
+        unc = {"encoder_hidden_states": on.context[-1:].expand(len(y), -1, -1)}
         if use_pooled:
-            cond["pooled"] = assets.pooled[y]
-            unc["pooled"] = assets.pooled[-1:].expand(len(y), -1)
-        z = sample(model, noise[i:i + batch_size], cond, unc, steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale,
-                   method=cfg.sampler)
-        if not torch.isfinite(z).all():
-            raise TrainingError("sampling produced non-finite latents; the trained model is broken")
-        out.append(z)
-    images = assets.codec.decode(torch.cat(out))
-    return to_uint8(images), labels
+            cond["pooled"] = on.pooled[y]
+            unc["pooled"] = on.pooled[-1:].expand(len(y), -1)
+        out.append(sample(model, noise[i:i + batch_size], cond, unc, steps=cfg.sample_steps, cfg_scale=cfg.cfg_scale,
+                          method=cfg.sampler))
+    z = torch.cat(out)
+    if not torch.isfinite(z).all():
+        raise TrainingError("sampling produced non-finite latents; the trained model is broken")
+    return to_uint8(assets.codec.decode(z)), labels
 
 
-def evaluate(model, assets: ProxyAssets, cfg: ProxyConfig, *, seed: int) -> tuple[float, torch.Tensor, torch.Tensor]:
+def evaluate(model, assets: ProxyAssets, cfg: ProxyConfig, *, seed: int,
+             device: torch.device | None = None) -> tuple[float, torch.Tensor, torch.Tensor]:
     from snapgen.metrics.fidelity import frechet_distance
 
-    images, labels = generate(model, assets, cfg, seed=seed)
+    images, labels = generate(model, assets, cfg, seed=seed, device=device)
+    dev = torch.device(device) if device is not None else next(model.parameters()).device
     value = frechet_distance(images, assets.reference, metric=cfg.metric, weights_path=assets.metric_weights,
-                             reference_key=assets.reference_key)
+                             reference_key=assets.reference_key, device=dev)
     if not math.isfinite(value):
         raise TrainingError(f"{cfg.metric} is not finite ({value}); the samples are degenerate")
     return value, images, labels
@@ -383,110 +452,49 @@ def evaluate(model, assets: ProxyAssets, cfg: ProxyConfig, *, seed: int) -> tupl
 
 # ---- the run ------------------------------------------------------------------------------------
 def run_proxy(spec: ArchSpec, cfg: ProxyConfig = ProxyConfig(), *, seed: int = 0,
-              on_eval: Callable[[int, float], bool | None] | None = None) -> ProxyResult:
-    """Train ``spec`` at proxy size for ``cfg.steps`` steps and return its quality metric (lower is better)."""
+              on_eval: Callable[[int, float], bool | None] | None = None, hooks=()) -> ProxyResult:
+    """Train ``spec`` at proxy size for ``cfg.steps`` steps and return its quality metric (lower is
+    better). ``hooks``: extra :class:`snapgen.train.engine.Hook` s of the training run."""
     cfg.validate()
     with _torch_threads(cfg.threads):
-        return _run(spec, cfg, seed, on_eval)
+        return _run(spec, cfg, seed, on_eval, hooks)
 
 
-def _run(spec, cfg, seed, on_eval) -> ProxyResult:
-    from tqdm import tqdm
-
+def _run(spec, cfg, seed, on_eval, hooks) -> ProxyResult:
+    from snapgen.train.models import Student
+    from snapgen.train.objectives import FlowMatching
     from snapgen.unet import SnapGenUNet
 
     t_start = time.perf_counter()
+    device = resolve_device(cfg.device)
     assets = prepare_assets(cfg)
     pspec = proxy_spec(spec, cfg, latent_channels=assets.latents.shape[1], context_dim=assets.context.shape[-1])
     torch.manual_seed(seed)
-    model = SnapGenUNet.from_spec(pspec)
-    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, cfg.warmup_steps)))
-    g = torch.Generator().manual_seed(seed)
-    latents, labels, ctx_table = assets.latents, assets.labels, assets.context
-    pooled_table = assets.pooled if pspec.pooled_dim else None
-    null = len(assets.class_names)
-    n, b = len(latents), cfg.batch_size
-    eval_steps = set(cfg.eval_steps())
-    evaluations: list[tuple[int, float]] = []
-    train_s = eval_s = 0.0
-    stopped = False
-    loss = torch.tensor(float("nan"))
-    step = 0
-    images = sample_labels = None
-    samples_by_step: dict[int, torch.Tensor] = {}
+    net = SnapGenUNet.from_spec(pspec).to(device)
+    samples: dict[int, tuple] = {}
 
-    def check(loss):
-        if not torch.isfinite(loss):
-            raise TrainingError(f"non-finite loss ({loss.item()}) at step {step}; lower lr (now {cfg.lr}) "
-                                f"or check the architecture")
-
-    def run_eval():
-        nonlocal eval_s, images, sample_labels
-        t0 = time.perf_counter()
-        value, images, sample_labels = evaluate(ema.model if ema else model, assets, cfg, seed=seed + 1)
-        eval_s += time.perf_counter() - t0
-        evaluations.append((step, value))
-        samples_by_step[step] = images
+    def score(engine) -> float:
+        value, images, labels = evaluate(engine.ema.model if engine.ema else net, assets, cfg, seed=seed + 1,
+                                         device=device)
+        samples[engine.step] = (images, labels)
         return value
 
-    bar = tqdm(total=cfg.steps, desc=f"proxy {spec.name}", file=sys.stderr, disable=not cfg.progress,
-               mininterval=1.0, leave=False)
-    t0 = time.perf_counter()
-    model.train()
-    while step < cfg.steps:
-        # --- one rectified-flow step (the throughput bench compares exactly this to a bare loop) ---
-        idx = torch.randint(n, (b,), generator=g)
-        x0 = latents[idx]
-        y = drop_condition(labels[idx], cfg.p_uncond, null, generator=g)
-        t = logit_normal(b, mean=cfg.logit_mean, std=cfg.logit_std, generator=g)
-        noise = torch.randn(x0.shape, generator=g)
-        cond = {"encoder_hidden_states": ctx_table[y]}
-        if pooled_table is not None:
-            cond["pooled"] = pooled_table[y]
-        pred = model(interpolate(x0, noise, t), t * 1000, **cond, return_dict=False)[0]
-        loss = F.mse_loss(pred, velocity_target(x0, noise))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        if ema is not None:
-            ema.update(model)
-        step += 1
-        if step % 25 == 0:  # a host sync every 25 steps, not every step
-            check(loss)
-            bar.update(25)
-            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-        if step in eval_steps:
-            check(loss)
-            train_s += time.perf_counter() - t0
-            value = run_eval()
-            stop = False
-            if on_eval is not None:
-                try:
-                    stop = bool(on_eval(step, value))
-                except StopTrial:
-                    stop = True
-            t0 = time.perf_counter()
-            if stop:
-                stopped = True
-                break
-    train_s += time.perf_counter() - t0
-    bar.close()
-    if step > 0:
-        check(loss)
-    if not stopped:
-        value = run_eval()
-        if on_eval is not None:
-            try:
-                on_eval(step, value)
-            except StopTrial:
-                pass
-    seconds = time.perf_counter() - t_start
+    ev = Evaluate(score, cfg.eval_steps(), on_eval)
+    progress = Progress(cfg.steps, f"proxy {spec.name}", enabled=cfg.progress)
+    engine = flow_engine(Student(net), assets, cfg, seed=seed, device=device, objective=FlowMatching(),
+                         hooks=[progress, ev, *hooks], ema_of=net)
+    engine.run()
+    images, sample_labels = samples[engine.step]
     return ProxyResult(
-        metric=cfg.metric, value=evaluations[-1][1], steps=step, seconds=seconds, evaluations=tuple(evaluations),
-        spec=pspec, params=sum(p.numel() for p in model.parameters()), train_seconds=train_s, eval_seconds=eval_s,
-        images_per_second=(step * b / train_s) if train_s > 0 else 0.0,
-        final_loss=float(loss.detach()) if step else float("nan"), stopped_early=stopped, assets=dict(assets.info),
-        samples=images, sample_labels=sample_labels, samples_by_step=samples_by_step)
+        metric=cfg.metric, value=ev.evaluations[-1][1], steps=engine.step, seconds=time.perf_counter() - t_start,
+        evaluations=tuple(ev.evaluations), spec=pspec, params=sum(p.numel() for p in net.parameters()),
+        train_seconds=engine.train_seconds, eval_seconds=ev.seconds,
+        images_per_second=(engine.step * cfg.batch_size / engine.train_seconds) if engine.train_seconds > 0 else 0.0,
+        final_loss=engine.loss_value if engine.step else float("nan"), stopped_early=engine.stopped,
+        assets=dict(assets.info), device=describe(device), precision=_precision_name(cfg.precision, device),
+        samples=images, sample_labels=sample_labels, samples_by_step={k: v[0] for k, v in samples.items()})
+
+
+def _precision_name(precision: str, device: torch.device) -> str:
+    dtype = autocast_dtype(precision, device)
+    return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]

@@ -150,6 +150,14 @@ LONGEST_FIRST = ("test_train_claims.py", "test_arch_space.py", "test_arch_cost.p
 
 
 def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if not torch.cuda.is_available():  # CUDA-only tests (marker `cuda`): skipped on CPU machines and CI
+        skip = pytest.mark.skip(reason="needs a CUDA GPU (scripts/gpu_check.sh runs these)")
+        for it in items:
+            if it.get_closest_marker("cuda"):
+                it.add_marker(skip)
+
     def weight(item):
         name = item.path.name
         if name in LONGEST_FIRST:

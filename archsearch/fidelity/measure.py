@@ -252,7 +252,7 @@ def _record(plan: Plan, job: Job, out: dict) -> dict:
 
 
 def execute(plan: Plan, *, workers: int = 1, progress: bool = True, n_resamples: int = 2000) -> dict:
-    from tqdm import tqdm
+    from snapgen.progress import progress as progress_bar
 
     from archsearch.fidelity.report import write_html
 
@@ -268,7 +268,7 @@ def execute(plan: Plan, *, workers: int = 1, progress: bool = True, n_resamples:
     say = (lambda s: print(s, file=sys.stderr, flush=True))
     say(f"fidelity: {len(plan.jobs)} evaluations ({len(plan.jobs) - len(pending)} already in {log.path}), "
         f"{min(workers, max(1, len(pending)))} worker(s)")
-    bar = tqdm(total=len(plan.jobs), initial=len(plan.jobs) - len(pending), desc="fidelity", unit="eval",
+    bar = progress_bar(total=len(plan.jobs), initial=len(plan.jobs) - len(pending), desc="fidelity", unit="eval",
                file=sys.stderr, disable=not progress, dynamic_ncols=True)
 
     def finish(job, out):

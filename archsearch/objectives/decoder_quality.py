@@ -6,20 +6,19 @@ proxy trains the proxy-scaled candidate to decode the latents of a frozen proxy 
 matches the four-stage decoders of the space; trained once and cached, like the UNet proxy's) and
 reports the PSNR of its reconstructions of held-out images. The proxy loss is MSE only (the
 paper adds LPIPS and an adversarial loss for the full training); intermediate evaluations feed the
-study's early stopping like the UNet proxy's.
+study's early stopping like the UNet proxy's. The training is a run of the engine
+(:mod:`snapgen.train.engine`) on ``device``.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 import time
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from snapgen.autoencoder import AEConfig
 from snapgen.errors import TrainingError, UserError
@@ -37,6 +36,7 @@ class DecoderProxyConfig:
     eval_every: int = 100
     data_path: str | None = None
     ae: AEConfig = field(default_factory=lambda: AEConfig(block_out_channels=(16, 32, 32, 32)))
+    device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps
     threads: int = 1
     progress: bool = True
 
@@ -46,6 +46,9 @@ class DecoderProxyConfig:
                 raise UserError(f"must be >= 1, got {getattr(self, k)}", key=k)
         if self.width_mult <= 0 or self.lr <= 0:
             raise UserError("width_mult and lr must be > 0", key="width_mult")
+        from snapgen.train.device import check_device
+
+        check_device(self.device, key="device")
         return self
 
 
@@ -72,6 +75,7 @@ class DecoderResult:
     evaluations: tuple
     stopped_early: bool
     params: int
+    device: str = "cpu"  # where it trained (cpu, cuda:N, mps)
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -107,9 +111,14 @@ def proxy_decoder_spec(spec, cfg: DecoderProxyConfig, latent_channels: int, out_
 
 def decoder_quality(spec, cfg: DecoderProxyConfig, *, seed: int,
                     on_eval: Callable[[int, float], bool] | None = None) -> DecoderResult:
+    """A run of the training engine (MSE-only :class:`DecoderReconstruction`, cosine LR) on ``cfg.device``."""
     from snapgen.autoencoder import psnr
     from snapgen.progress import progress
     from snapgen.decoder import DecoderSpec, TinyDecoder
+    from snapgen.train.batches import RandomBatches
+    from snapgen.train.device import describe, resolve_device
+    from snapgen.train.engine import Engine, Evaluate, Progress, Recipe
+    from snapgen.train.reconstruction import DecoderReconstruction
 
     if not isinstance(spec, DecoderSpec):
         raise UserError(f"psnr needs a tiny-decoder spec, got {type(spec).__name__} (sd3/sdxl are baselines)",
@@ -124,52 +133,33 @@ def decoder_quality(spec, cfg: DecoderProxyConfig, *, seed: int,
             raise UserError(f"the proxy autoencoder downsamples by {codec.downsample} but the decoder upsamples by "
                             f"{spec.upscale}; set proxy.ae.block_out_channels to {len(spec.channels)} blocks",
                             key="proxy.ae")
+        device = resolve_device(cfg.device)
         pspec = proxy_decoder_spec(spec, cfg, lat.shape[1], images.shape[1])
         torch.manual_seed(seed)
-        model = TinyDecoder.from_spec(pspec)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
-        g = torch.Generator().manual_seed(seed)
+        model = TinyDecoder.from_spec(pspec).to(device)
         # Back from the diffusion-normalised latents to the decoder's input space.
         to_vae = lambda z: z / codec.scaling_factor + codec.shift_factor  # noqa: E731
-        evals, stopped, step = [], False, 0
+        held_z, held_x = to_vae(held_lat).to(device), held_img.to(device)
 
-        def evaluate() -> float:
+        def evaluate(engine) -> float:
             model.eval()
             with torch.no_grad():
-                rec = torch.cat([model(to_vae(held_lat[i:i + 250])).clamp(-1, 1) for i in range(0, len(held_lat), 250)])
+                rec = torch.cat([model(held_z[i:i + 250]).clamp(-1, 1) for i in range(0, len(held_z), 250)])
             model.train()
-            v = psnr(rec, held_img)
+            v = psnr(rec, held_x)
             if not math.isfinite(v):
-                raise TrainingError(f"decoder proxy produced non-finite reconstructions at step {step}")
-            evals.append((step, v))
+                raise TrainingError(f"decoder proxy produced non-finite reconstructions at step {engine.step}")
             return v
 
-        bar = progress(total=cfg.steps, desc=f"decoder proxy {spec.name}", file=sys.stderr, disable=not cfg.progress,
-                   mininterval=1.0, leave=False)
-        model.train()
-        while step < cfg.steps:
-            idx = torch.randint(len(lat), (cfg.batch_size,), generator=g)
-            loss = F.mse_loss(model(to_vae(lat[idx])), images[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            step += 1
-            bar.update(1)
-            if step % 25 == 0 and not torch.isfinite(loss):
-                raise TrainingError(f"non-finite decoder loss at step {step}")
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                v = evaluate()
-                if on_eval is not None and on_eval(step, v):
-                    stopped = True
-                    break
-        bar.close()
-        if not stopped:
-            v = evaluate()
-            if on_eval is not None:
-                on_eval(step, v)
-        return DecoderResult("psnr", evals[-1][1], step, time.perf_counter() - t_start, tuple(evals), stopped,
-                             sum(p.numel() for p in model.parameters()))
+        ev = Evaluate(evaluate, range(cfg.eval_every, cfg.steps, cfg.eval_every) if cfg.eval_every else (), on_eval)
+        batches = RandomBatches({"z": lat, "x": images}, cfg.batch_size, seed=seed, device=device,
+                                transform=lambda b, g: {"z": to_vae(b["z"]), "x": b["x"]})
+        engine = Engine(model, DecoderReconstruction(), batches,
+                        Recipe(steps=cfg.steps, lr=cfg.lr, schedule="cosine"), device=device,
+                        hooks=[Progress(cfg.steps, f"decoder proxy {spec.name}", enabled=cfg.progress), ev],
+                        batch_size=cfg.batch_size).run()
+        return DecoderResult("psnr", ev.evaluations[-1][1], engine.step, time.perf_counter() - t_start,
+                             tuple(ev.evaluations), engine.stopped, sum(p.numel() for p in model.parameters()),
+                             describe(device))
     finally:
         torch.set_num_threads(prev)

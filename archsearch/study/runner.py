@@ -27,6 +27,7 @@ import warnings
 from pathlib import Path
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 from snapgen.errors import UserError
@@ -288,9 +289,27 @@ def format_values(study, values) -> str:
     return "  ".join(f"{n}={fmt_metric(n, v)}" for n, v in zip(study.objective_names, values))
 
 
+def _worker_device(runner) -> str | None:
+    """Where this worker's trials train (the proxy's resolved device, as the user names it)."""
+    name = getattr(runner.proxy_cfg, "device", None)
+    if name is None:
+        return None  # the quality metric trains nothing
+    from snapgen.train.device import describe, resolve_device
+
+    return describe(resolve_device(name))
+
+
 def run_worker(study, *, workers: int = 1, progress: bool = True, deadline: float | None = None) -> dict:
-    """One worker's ask/tell loop until the study has ``n_trials`` counted trials (or the timeout)."""
+    """One worker's ask/tell loop until the study has ``n_trials`` counted trials (or the timeout).
+
+    A trial that fails is FAILED with its reason and the worker goes on; the study stops after
+    ``MAX_CONSECUTIVE_FAILURES`` failures in a row (a systematic problem), except that a trial that
+    runs out of device memory is a property of its architecture, not of the study: it is FAILED
+    with the reason (``out of memory at batch 64 on cuda:1``), its memory is released, and it does
+    not count towards that rule."""
     from snapgen.progress import progress as progress_bar
+
+    from snapgen.train.device import OutOfMemory, release_memory
 
     cfg = study.cfg
     storage = open_storage(cfg.storage, heartbeat_interval=cfg.heartbeat.interval,
@@ -301,6 +320,7 @@ def run_worker(study, *, workers: int = 1, progress: bool = True, deadline: floa
                        dynamic_ncols=True)
     log = bar.write if progress else (lambda s: print(s, file=sys.stderr, flush=True))
     runner = TrialRunner(study, ostudy, workers=workers, log=log)
+    device = _worker_device(runner)
     ran = failures = 0
     poll = min(5.0, max(0.5, cfg.heartbeat.interval / 2))
     try:
@@ -332,12 +352,22 @@ def run_worker(study, *, workers: int = 1, progress: bool = True, deadline: floa
             t0 = time.perf_counter()
             tid = id_of(trial)
             retried = storage.get_trial_system_attrs(tid).get("failed_trial")
+            if device is not None:
+                trial.set_user_attr("device", device)
+            oom = False
             try:
                 with Heartbeat(storage, tid):
                     state, values, note = runner.run(trial)
             except KeyboardInterrupt:
                 _requeue(ostudy, trial, "interrupted")
                 raise
+            except OutOfMemory as e:  # raised by the engine with the batch and the device
+                state, values, note = _fail(ostudy, trial, runner, e.line())
+                oom = True
+            except torch.OutOfMemoryError as e:  # outside a training run (e.g. a latency measurement)
+                state, values, note = _fail(ostudy, trial, runner,
+                                            f"out of memory on {device}: {str(e).splitlines()[0][:300]}")
+                oom = True
             except UserError as e:
                 if isinstance(e, InvalidArchitecture):
                     raise
@@ -347,8 +377,11 @@ def run_worker(study, *, workers: int = 1, progress: bool = True, deadline: floa
             except Exception as e:  # noqa: BLE001 - one broken trial must not end the study
                 state, values, note = _fail(ostudy, trial, runner, f"{type(e).__name__}: {e}")
                 log(traceback.format_exc(limit=3))
+            if oom:  # the exception and the trial's frames are gone here: free what they held
+                release_memory()
             ran += 1
-            failures = failures + 1 if state == TrialState.FAIL else 0
+            if not oom:
+                failures = failures + 1 if state == TrialState.FAIL else 0
             took = time.perf_counter() - t0
             again = f" (re-run of trial {retried})" if retried is not None else ""
             msg = format_values(study, values) if values else note
@@ -421,19 +454,49 @@ def _run_study(study, *, workers, progress, worker_only, finish):
     return summary
 
 
+def visible_gpus() -> list[str]:
+    """This host's GPUs that this process may use, as ``CUDA_VISIBLE_DEVICES`` entries."""
+    if not torch.cuda.is_available():
+        return []
+    n = torch.cuda.device_count()
+    mask = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return mask[:n] if mask else [str(i) for i in range(n)]
+
+
+def resolve_workers(workers) -> int:
+    """``auto``: one worker per visible GPU; without GPUs, 1 (the study default: on a CPU host the
+    proxy trains single-threaded per worker, and a shared CPU is the common case). Else the number."""
+    if workers == "auto":
+        return max(1, len(visible_gpus()))
+    return int(workers)
+
+
+def worker_environments(workers: int, gpus: list[str]) -> list[dict]:
+    """The environment of each local worker: with GPUs, worker i sees only ``gpus[i % len(gpus)]``
+    (``CUDA_VISIBLE_DEVICES``), so its ``auto``/``cuda`` device is its own GPU."""
+    return [dict(os.environ, CUDA_VISIBLE_DEVICES=gpus[i % len(gpus)]) if gpus else dict(os.environ)
+            for i in range(workers)]
+
+
 def _run_local_workers(study, workers: int, progress: bool, deadline) -> None:
     """``--workers N``: N processes of ``archsearch run ... --worker-only`` on this host, sharing the
-    storage; this process shows the progress. (Processes, not threads: each trial trains a model.)"""
+    storage, each pinned to its own GPU where the host has some; this process shows the progress.
+    (Processes, not threads: each trial trains a model.)"""
     from snapgen.progress import progress as progress_bar
 
+    gpus = visible_gpus()
+    device = str(study.cfg.proxy.get("device", "auto")) if study.cfg.proxy else "auto"
+    if gpus and device.startswith("cuda:"):
+        raise UserError(f"{device} names one GPU, but each of the {workers} workers is given its own; use auto or "
+                        "cuda", file=str(study.file), key="proxy.device")
     logs = study.output_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "archsearch.cli", "run", str(study.file), *study.overrides, "--worker-only",
            "--workers", str(workers)]
     procs = []
-    for i in range(workers):
+    for i, env in enumerate(worker_environments(workers, gpus)):
         f = open(logs / f"worker-{i}.log", "a")
-        procs.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT), f))
+        procs.append((subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env), f))
     storage = open_storage(study.cfg.storage)
     ostudy = optuna.load_study(study_name=study.name, storage=storage)
     bar = progress_bar(total=study.cfg.n_trials, desc=f"study {study.name} ({workers} workers)", unit="trial",

@@ -98,7 +98,7 @@ class StudyCfg:
     sampler: SamplerCfg = field(default_factory=SamplerCfg)
     n_trials: int = 20
     timeout: Optional[float] = None  # seconds; no new trial starts after it
-    workers: int = 1  # local worker processes (the --workers flag overrides)
+    workers: Any = 1  # local worker processes, or auto: one per visible GPU (1 without); --workers overrides
     seed: int = 0  # training seed of every proxy run (the same for all trials: a fair comparison)
     proxy: Dict[str, Any] = field(default_factory=dict)  # snapgen.proxy.ProxyConfig fields
     target: TargetCfg = field(default_factory=TargetCfg)
@@ -401,8 +401,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     s = cfg.sampler
     if s.name not in SAMPLERS:
         raise UserError(f"unknown sampler {s.name!r}; allowed: {', '.join(SAMPLERS)}", file=f, key="sampler.name")
-    if cfg.workers < 1:
-        raise UserError(f"must be >= 1, got {cfg.workers}", file=f, key="workers")
+    if cfg.workers != "auto" and (isinstance(cfg.workers, bool) or not isinstance(cfg.workers, int) or cfg.workers < 1):
+        raise UserError(f"must be an integer >= 1 or auto, got {cfg.workers!r}", file=f, key="workers")
     if cfg.n_trials < 1:
         raise UserError(f"must be >= 1, got {cfg.n_trials}", file=f, key="n_trials")
     if cfg.timeout is not None and cfg.timeout <= 0:

@@ -12,6 +12,7 @@ def add_arguments(p):
     p.add_argument("--sampler", choices=["euler", "heun"], default=None)
     p.add_argument("--num-samples", type=int, default=None)
     p.add_argument("--seed", type=int, default=None, help="sampling seed (default: the run's eval.seed)")
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("--json", action="store_true")
 
 
@@ -19,18 +20,22 @@ def run(args):
     import torch
 
     from snapgen.proxy import evaluate, prepare_assets
+    from snapgen.train.device import describe, resolve_device
     from snapgen.train.inference import load_run_model, run_proxy_config
     from snapgen.train.models import sampleable
 
     net, cfg = load_run_model(args.run_dir)
     pc = run_proxy_config(cfg, steps=args.steps, cfg_scale=args.cfg, num_samples=args.num_samples,
-                          sampler=args.sampler)
+                          sampler=args.sampler, device=args.device)
     torch.set_num_threads(max(1, pc.threads))
+    device = resolve_device(pc.device)
     assets = prepare_assets(pc)
-    seed = cfg.eval.seed if args.seed is None else args.seed
-    value, _, _ = evaluate(sampleable(net), assets, pc, seed=seed)
+    run_seed = cfg.train.seed + 1 if cfg.eval.seed is None else cfg.eval.seed
+    seed = run_seed if args.seed is None else args.seed
+    value, _, _ = evaluate(sampleable(net.to(device)), assets, pc, seed=seed, device=device)
     res = {"run_dir": args.run_dir, "metric": pc.metric, "value": value, "sample_steps": pc.sample_steps,
-           "cfg_scale": pc.cfg_scale, "sampler": pc.sampler, "num_samples": pc.num_samples, "seed": seed}
+           "cfg_scale": pc.cfg_scale, "sampler": pc.sampler, "num_samples": pc.num_samples, "seed": seed,
+           "device": describe(device)}
     print(json.dumps(res) if args.json else
           f"{args.run_dir}: {pc.metric} = {value:.4f} ({pc.num_samples} samples, {pc.sample_steps} {pc.sampler} "
           f"steps, cfg {pc.cfg_scale})")

@@ -15,17 +15,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object (metric, value, steps, seconds, ...)")
     p.add_argument("--data", default=None, help="Fashion-MNIST IDX directory (default: cache, Debian package, download)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1; 0 leaves torch's default)")
+    p.add_argument("--device", default=None, help="auto (default: CUDA, then MPS, then CPU), cpu, cuda, cuda:N, mps")
+    p.add_argument("--precision", default=None, help="auto (default: bf16 autocast on CUDA, fp32 elsewhere), fp32, "
+                   "bf16, fp16")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model's training forward")
     p.add_argument("--grid", default=None, metavar="PNG", help="also write a class-labelled sample grid")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def run(args) -> int:
+    from snapgen.errors import UserError
     from snapgen.presets import load_preset
     from snapgen.proxy import ProxyConfig, run_proxy
 
-    spec = load_preset(args.space, args.preset)
     cfg = ProxyConfig()
-    over = {}
+    over = {k: v for k, v in (("device", args.device), ("precision", args.precision)) if v is not None}
+    if args.compile:
+        over["compile"] = True
+    try:  # a device that is absent here is one line, before anything is loaded or written
+        replace(cfg, **over).validate()
+    except UserError as e:
+        raise UserError(e.message, key=f"--{e.key}") from None
+    spec = load_preset(args.space, args.preset)
     if args.steps is not None:
         over["steps"] = args.steps
     if args.data is not None:
@@ -47,7 +58,8 @@ def run(args) -> int:
     else:
         a = result.assets
         print(f"{spec.name}: {result.metric} = {result.value:.4f} after {result.steps} steps "
-              f"({result.seconds:.1f} s; {result.images_per_second:.0f} img/s; proxy params {result.params / 1e6:.2f}M)")
+              f"({result.seconds:.1f} s; {result.images_per_second:.0f} img/s on {result.device} {result.precision}; "
+              f"proxy params {result.params / 1e6:.2f}M)")
         for step, v in result.evaluations[:-1]:
             print(f"  step {step}: {v:.4f}")
         if a.get("autoencoder_psnr_db") is not None:

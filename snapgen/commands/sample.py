@@ -13,6 +13,7 @@ def add_arguments(p):
     p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (default: the run's)")
     p.add_argument("--sampler", choices=["euler", "heun"], default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N, mps")
     p.add_argument("-o", "--output", required=True, help="PNG file to write")
 
 
@@ -35,13 +36,15 @@ def run(args):
     from snapgen.flow import sample
     from snapgen.proxy import prepare_assets
     from snapgen.text import class_conditioning
+    from snapgen.train.device import resolve_device
     from snapgen.train.inference import load_run_model, run_proxy_config
     from snapgen.train.models import sampleable
 
     net, cfg = load_run_model(args.run_dir)
-    pc = run_proxy_config(cfg, steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler)
+    pc = run_proxy_config(cfg, steps=args.steps, cfg_scale=args.cfg, sampler=args.sampler, device=args.device)
     if args.steps is not None and args.steps < 1:
         raise UserError("must be >= 1", key="--steps")
+    device = resolve_device(pc.device)
     assets = prepare_assets(pc)
     if args.prompt:
         names = list(args.prompt)
@@ -65,14 +68,15 @@ def run(args):
     labels = torch.arange(k).repeat_interleave(n)
     g = torch.Generator().manual_seed(args.seed)
     c, h, w = assets.latents.shape[1:]
-    noise = torch.randn(k * n, c, h, w, generator=g)
-    model = sampleable(net)
+    noise = torch.randn(k * n, c, h, w, generator=g).to(device)
+    model = sampleable(net.to(device))
+    ctx, pooled, labels = ctx.to(device), pooled.to(device), labels.to(device)
     cond = {"encoder_hidden_states": ctx[labels], "pooled": pooled[labels]}
     unc = {"encoder_hidden_states": ctx[-1:].expand(k * n, -1, -1), "pooled": pooled[-1:].expand(k * n, -1)}
     if not model.spec.pooled_dim:
         cond.pop("pooled"), unc.pop("pooled")
     z = sample(model, noise, cond, unc, steps=pc.sample_steps, cfg_scale=pc.cfg_scale, method=pc.sampler)
-    images = to_uint8(assets.codec.decode(z))
+    images = to_uint8(assets.codec.to(device).decode(z))
     write_grid(images, names, args.output, per_row=n, stage=cfg.stage, steps=pc.sample_steps, cfg_scale=pc.cfg_scale,
                seed=args.seed)
     print(f"{args.output}: {k} x {n} samples, {pc.sample_steps} {pc.sampler} steps, cfg {pc.cfg_scale}")

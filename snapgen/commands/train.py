@@ -15,7 +15,7 @@ def add_arguments(p):
 
 def run(args):
     from snapgen.train.config import load_config
-    from snapgen.train.loop import train
+    from snapgen.train.stages import train
 
     cfg = load_config(args.config, args.overrides)
     result = train(cfg)

@@ -7,8 +7,6 @@ Trained once per (data, config), cached by content hash with its held-out accura
 from __future__ import annotations
 
 import json
-import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 
@@ -19,7 +17,6 @@ import torch.nn.functional as F
 from snapgen.autoencoder import fit_resolution
 from snapgen.cache import atomic_path, atomic_write_json, cache_dir, combine, get_or_build, hash_config
 from snapgen.data.base import LabelledImages
-from snapgen.errors import TrainingError
 
 
 @dataclass(frozen=True)
@@ -73,27 +70,28 @@ class FMNISTClassifier(nn.Module):
 
 
 def _train(cfg: ClassifierConfig, train: LabelledImages, test: LabelledImages, out) -> None:
-    from snapgen.progress import progress
+    """Trained by the engine on the CPU (a cached asset must not depend on the machine that built it)."""
+    from snapgen.train.batches import RandomBatches
+    from snapgen.train.engine import Engine, Progress, Recipe
 
     torch.manual_seed(cfg.seed)
     g = torch.Generator().manual_seed(cfg.seed)
     model = FMNISTClassifier(cfg, train.channels, train.num_classes)
-    x_all, y_all = model.prepare(train.images), train.labels
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / cfg.steps)))
+
+    def flip(batch, gen):  # random horizontal flips, drawn from the data stream's generator
+        x = batch["x"]
+        return {**batch, "x": torch.where(torch.rand(len(x), 1, 1, 1, generator=gen) < 0.5, x, x.flip(-1))}
+
+    def cross_entropy(net, batch, step):
+        return F.cross_entropy(net(batch["x"]), batch["y"]), {}
+
+    batches = RandomBatches({"x": model.prepare(train.images), "y": train.labels}, cfg.batch_size, generator=g,
+                            transform=flip if cfg.hflip else None)
     t0 = time.time()
-    for step in progress(range(cfg.steps), desc="metric classifier (once)", file=sys.stderr, mininterval=2, leave=False):
-        idx = torch.randint(len(x_all), (cfg.batch_size,), generator=g)
-        x = x_all[idx]
-        if cfg.hflip:
-            x = torch.where(torch.rand(len(x), 1, 1, 1, generator=g) < 0.5, x, x.flip(-1))
-        loss = F.cross_entropy(model(x), y_all[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-    if not math.isfinite(loss.item()):
-        raise TrainingError("metric classifier training diverged (non-finite loss)")
+    Engine(model, cross_entropy, batches, Recipe(steps=cfg.steps, lr=cfg.lr, schedule="cosine", weight_decay=1e-4,
+                                                 check_every=cfg.steps),
+           hooks=[Progress(cfg.steps, "metric classifier (once)")], lr_key="classifier.lr",
+           batch_size=cfg.batch_size).run()
     model.eval()
     with torch.no_grad():
         pred = torch.cat([model(model.prepare(test.images[i:i + 1000])).argmax(1) for i in range(0, len(test), 1000)])

@@ -96,11 +96,13 @@ class _Images(torch.utils.data.Dataset):
 
 def frechet_distance(generated: torch.Tensor, reference: torch.Tensor, *, metric: str = FD_FMNIST,
                      weights_path: str | Path | None = None, reference_key: str | None = None,
-                     batch_size: int = 500) -> float:
+                     batch_size: int = 500, device: torch.device | str = "cpu") -> float:
     """Fréchet distance between two uint8 image sets in the feature space named by ``metric``.
 
     ``reference_key`` (a hash of the reference images and the extractor) turns on torch-fidelity's
-    statistics cache for the reference set; generated images are never cached."""
+    statistics cache for the reference set; generated images are never cached. The features are
+    extracted on ``device`` where torch-fidelity can (its ``cuda`` option, on that GPU); elsewhere
+    (CPU, MPS) on the CPU."""
     import torch_fidelity
 
     if metric == FD_FMNIST:
@@ -113,16 +115,18 @@ def frechet_distance(generated: torch.Tensor, reference: torch.Tensor, *, metric
     else:
         raise UserError(f"unknown metric {metric!r}; allowed: {FD_FMNIST}, {FID}", key="metric")
     rgb = metric == FID
+    device = torch.device(device)
     kwargs = dict(
         input1=_Images(generated, rgb), input2=_Images(reference, rgb), fid=True, feature_extractor=extractor,
         feature_extractor_weights_path=None if weights_path is None else str(weights_path),
-        cuda=torch.cuda.is_available(), batch_size=batch_size, save_cpu_ram=True, verbose=False,
+        cuda=device.type == "cuda", batch_size=batch_size, save_cpu_ram=True, verbose=False,
         cache_root=str(cache_dir("fidelity")), cache=reference_key is not None,
         input2_cache_name=None if reference_key is None else f"{metric}-ref-{reference_key}",
     )
     # torch-fidelity prints a few progress lines to stdout even when quiet; keep stdout clean for --json.
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
+        on_gpu = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+        with contextlib.redirect_stdout(io.StringIO()), on_gpu:
             out = torch_fidelity.calculate_metrics(**kwargs)
     except (OSError, RuntimeError) as e:
         if metric == FID and weights_path is None:  # torch-fidelity's weight download failed (offline)

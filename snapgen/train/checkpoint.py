@@ -1,8 +1,9 @@
 """Training-state checkpoints (EDM's state dumps, DiT's step-named files).
 
-``checkpoints/ckpt-<step>.pt`` holds everything an exact resume needs: the trained modules, the
-optimiser(s) and LR scheduler, the EMA, the objective's running statistics, the data stream's
-generator state (the data position) and the torch RNG states. Files are written atomically (temp
+``checkpoints/ckpt-<step>.pt`` holds everything an exact resume needs (the engine's
+``state_dict``): the trained module, the optimiser and LR scheduler, the EMA, the gradient scaler,
+the objective's own state (running statistics, a discriminator and its optimiser), the data
+stream's generator state (the data position) and the torch RNG states. Files are written atomically (temp
 file + ``os.replace``) and read with ``torch.load(weights_only=True)``; a file that does not load,
 or loads but is not ours, is one clear error line and is never overwritten.
 """
@@ -16,7 +17,7 @@ import torch
 from snapgen.cache import atomic_torch_save
 from snapgen.errors import UserError
 
-FORMAT = "snapgen-train/1"
+FORMAT = "snapgen-train/2"  # /2: the engine's state layout
 _NAME = re.compile(r"^ckpt-(\d+)\.pt$")
 
 
@@ -61,17 +62,3 @@ def load(path: str | Path, *, stage: str | None = None) -> dict:
 def latest(output_dir: Path, *, stage: str | None = None) -> dict | None:
     ckpts = list_checkpoints(output_dir)
     return load(ckpts[-1][1], stage=stage) if ckpts else None
-
-
-def rng_state(data_gen: torch.Generator) -> dict:
-    s = {"data": data_gen.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        s["cuda"] = torch.cuda.get_rng_state()
-    return s
-
-
-def set_rng_state(data_gen: torch.Generator, s: dict) -> None:
-    data_gen.set_state(s["data"])
-    torch.set_rng_state(s["torch"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state(s["cuda"])

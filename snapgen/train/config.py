@@ -38,8 +38,11 @@ class TrainSection:
     log_every: int = 10
     ckpt_every: int = 100  # 0: only at the end
     keep_checkpoints: int = 2
+    grad_accum: int = 1  # micro-batches per optimiser step (batch_size is the whole step's)
     threads: int = 1  # torch CPU threads (0: leave torch's default)
-    device: str = "auto"  # auto | cpu | cuda | mps
+    device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16
+    compile: bool = False  # torch.compile the trained network
     progress: bool = True
 
 
@@ -98,7 +101,7 @@ class EvalSection:
     num_samples: int = 500
     sample_steps: Optional[int] = None  # None: the proxy's (8); step_distill: student_steps
     cfg_scale: Optional[float] = None  # None: the proxy's
-    seed: int = 1
+    seed: Optional[int] = None  # sampling seed; None: train.seed + 1 (the proxy's convention)
     at_end: bool = True
 
 
@@ -185,11 +188,14 @@ def validate(cfg: TrainConfig, file: str | None = None) -> TrainConfig:
         raise err("backbone", f"unknown backbone {cfg.backbone!r}; allowed: {', '.join(BACKBONES)}")
     if cfg.kd.mode not in KD_MODES:
         raise err("kd.mode", f"unknown mode {cfg.kd.mode!r}; allowed: {', '.join(KD_MODES)}")
-    for k in ("steps", "batch_size"):
+    for k in ("steps", "batch_size", "grad_accum"):
         if getattr(cfg.train, k) < 1:
             raise err(f"train.{k}", f"must be >= 1, got {getattr(cfg.train, k)}")
-    if cfg.train.device not in ("auto", "cpu", "cuda", "mps"):
-        raise err("train.device", f"unknown device {cfg.train.device!r}; allowed: auto, cpu, cuda, mps")
+    if cfg.train.batch_size % cfg.train.grad_accum:
+        raise err("train.grad_accum", f"train.batch_size {cfg.train.batch_size} is not divisible by it")
+    if cfg.train.precision == "fp16" and (cfg.stage == "decoder" or cfg.stage == "step_distill"):
+        raise err("train.precision", f"fp16 scales the main loss only; stage {cfg.stage}'s discriminator would train "
+                  "unscaled: use bf16 or fp32")
     if cfg.stage in ("base", "kd", "step_distill") and cfg.backbone == "snapgen-unet" and not cfg.arch:
         raise err("arch", "the architecture (an ArchSpec mapping) is required; `archsearch promote` writes it")
     if cfg.stage != "base" and cfg.backbone != "snapgen-unet":
@@ -209,12 +215,25 @@ def validate(cfg: TrainConfig, file: str | None = None) -> TrainConfig:
     return cfg
 
 
+# ProxyConfig keys that are the training recipe, budget and runtime: `snapgen train` takes them from
+# its train section (so a run and the proxy share one recipe), and refuses them in `proxy:`.
+TRAIN_OWNED = ("steps", "batch_size", "lr", "warmup_steps", "weight_decay", "grad_clip", "ema_decay", "p_uncond",
+               "grad_accum", "device", "precision", "compile", "threads", "progress")
+
+
 def proxy_config(cfg: TrainConfig, file: str | None = None):
-    """The :class:`snapgen.proxy.ProxyConfig` of this run (data, autoencoder, text, metric, sampling)."""
+    """The :class:`snapgen.proxy.ProxyConfig` of this run: data, autoencoder, text, metric and sampling
+    from ``proxy:``; the recipe, budget and device from ``train:`` (what the proxy trains with)."""
     from snapgen.proxy import ProxyConfig
 
+    for k in cfg.proxy:
+        if k in TRAIN_OWNED:
+            raise UserError(f"the training recipe and budget come from the train section: set train.{k}",
+                            file=file, key=f"proxy.{k}")
     pc = dataclass_from_dict(ProxyConfig, dict(cfg.proxy), file=file, prefix="proxy.")
-    over = {"batch_size": cfg.train.batch_size, "steps": cfg.train.steps, "progress": False}
+    t = cfg.train
+    over = {k: getattr(t, k) for k in TRAIN_OWNED if k != "progress"}
+    over["progress"] = False
     if cfg.eval.num_samples:
         over["num_samples"] = cfg.eval.num_samples
     if cfg.eval.cfg_scale is not None:
@@ -228,7 +247,8 @@ def proxy_config(cfg: TrainConfig, file: str | None = None):
     try:
         return pc.validate()
     except UserError as e:
-        raise UserError(e.message, file=file, key=f"proxy.{e.key}" if e.key else "proxy") from None
+        section = "train" if e.key in TRAIN_OWNED else "proxy"
+        raise UserError(e.message, file=file, key=f"{section}.{e.key}" if e.key else "proxy") from None
 
 
 def to_yaml(cfg: TrainConfig) -> str:

@@ -9,7 +9,6 @@ from snapgen.errors import UserError
 
 def load_run_model(path: str):
     """(model, TrainConfig) of a `snapgen train` output_dir (its saved EMA model)."""
-    from snapgen.train.config import load_config  # noqa: F401
     from snapgen.train.teacher import _load_dir
 
     p = Path(path)
@@ -30,15 +29,20 @@ def load_run_model(path: str):
         raise UserError(f"unreadable training_options.json: {str(e).splitlines()[0][:200]}", file=str(opts)) from None
     if cfg.stage == "decoder":
         raise UserError("a decoder run; sample/eval take a diffusion run (base, kd, step_distill)", file=str(p))
+    cfg.train.device = "auto"  # where it trained is recorded, not required: sampling picks its own device
     return _load_dir(p / "model", None).eval(), validate(cfg)
 
 
-def run_proxy_config(cfg, *, steps=None, cfg_scale=None, num_samples=None, sampler=None):
+def run_proxy_config(cfg, *, steps=None, cfg_scale=None, num_samples=None, sampler=None, device=None):
+    """The run's proxy config with the sampling flags of ``snapgen sample`` / ``snapgen eval`` applied."""
     import dataclasses
 
     from snapgen.train.config import proxy_config
 
     pc = proxy_config(cfg)
     over = {k: v for k, v in (("sample_steps", steps), ("cfg_scale", cfg_scale), ("num_samples", num_samples),
-                              ("sampler", sampler)) if v is not None}
-    return dataclasses.replace(pc, **over).validate()
+                              ("sampler", sampler), ("device", device)) if v is not None}
+    try:
+        return dataclasses.replace(pc, **over).validate()
+    except UserError as e:
+        raise UserError(e.message, key="--device" if e.key == "device" else e.key) from None

@@ -98,3 +98,62 @@ def combine(mode: str, t: torch.Tensor, losses: dict, out_weight: float, feat_we
         scale = scaler.weights(t, k) if mode == "timestep_aware" else 1.0
         total = total + w * scale * losses[k]
     return total.mean()
+
+
+class KnowledgeDistillation:
+    """Stage ``kd``: the flow-matching task loss plus output-level (the teacher's velocity) and
+    feature-level (projected student stages vs teacher feature maps) terms, combined by ``mode``
+    (``timestep_aware`` with the running per-bin magnitudes it owns, ``linear`` or ``none``)."""
+
+    def __init__(self, teacher, *, mode: str, out_weight: float, feat_weight: float, teacher_features: list[int],
+                 scaler: TimestepScaler, world_reduce=None):
+        self.teacher, self.mode, self.out_weight, self.feat_weight = teacher, mode, out_weight, feat_weight
+        self.teacher_features, self.scaler, self.world_reduce = list(teacher_features), scaler, world_reduce
+
+    def __call__(self, net, batch: dict, step: int):
+        from snapgen.flow import flow_error, interpolate
+
+        t = batch["t"]
+        xt = interpolate(batch["x0"], batch["noise"], t)
+        v, sfeats = net(xt, t * 1000, batch["ctx"], batch["pooled"])
+        losses = {"task": flow_error(v, batch["x0"], batch["noise"])}
+        if self.mode != "none":
+            with torch.no_grad():
+                vt, tfeats = self.teacher(xt, t * 1000, batch["ctx"], batch["pooled"], features=True)
+            losses["out"] = ((v.float() - vt.float()) ** 2).flatten(1).mean(1)
+            if sfeats:
+                losses["feat"] = feature_loss(sfeats, [tfeats[i] for i in self.teacher_features])
+            self.scaler.update(t, {k: losses.get(k, torch.zeros_like(t)) for k in self.scaler.terms},
+                               self.world_reduce)
+        loss = combine(self.mode, t, losses, self.out_weight, self.feat_weight, self.scaler)
+        return loss, {k: v.detach().mean() for k, v in losses.items()}
+
+    def state_dict(self) -> dict:
+        return self.scaler.state_dict()
+
+    def load_state_dict(self, s: dict) -> None:
+        self.scaler.load_state_dict(s)
+
+
+def feature_channels(net, teacher, features: list[str], teacher_features: list[int], probe: tuple):
+    """(student channels, teacher channels) of the distilled stages, from one probe forward
+    ``probe = (x, t1000, ctx, pooled)`` on the run's device; unknown names are one-line errors."""
+    from snapgen.errors import UserError
+
+    x, t, ctx, pooled = probe
+    with torch.no_grad():
+        _, sf = net(x, t, ctx, pooled=pooled if net.spec.pooled_dim else None, return_features=True,
+                    return_dict=False)
+        _, tf = teacher(x, t, ctx, pooled, features=True)
+    for f in features:
+        if f not in sf:
+            raise UserError(f"the student has no feature {f!r}; allowed: {', '.join(sf)}", key="kd.features")
+    if not tf:
+        raise UserError(f"teacher {teacher.kind} exposes no feature maps; set kd.features=[] (output-level KD only)",
+                        key="kd.features")
+    try:
+        tch = [tf[i].shape[1] for i in teacher_features]
+    except IndexError:
+        raise UserError(f"the teacher has {len(tf)} feature maps; indices must be in [-{len(tf)}, {len(tf) - 1}]",
+                        key="kd.teacher_features") from None
+    return [sf[f].shape[1] for f in features], tch

@@ -1,10 +1,8 @@
-"""Where a run executes: device, DDP process group (torchrun), autocast, the run directory's logs."""
+"""Where a run executes: the DDP process group (torchrun) and the run directory's logs."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from snapgen.cache import atomic_write_json
+from snapgen.train.device import resolve_device
 
 
 @dataclass
@@ -41,22 +40,10 @@ class Dist:
             dist.destroy_process_group()
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    return torch.device(name)
-
-
 def setup(device: str = "auto", *, nested: bool = False) -> Dist:
     """torchrun sets WORLD_SIZE/RANK: join (or create) the process group; gloo on CPU, nccl on CUDA.
     ``nested`` runs (the embedded teacher built inside another run) stay single-process."""
-    dev = pick_device(device)
+    dev = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if nested or world <= 1:
         return Dist(0, 1, dev)
@@ -69,20 +56,11 @@ def setup(device: str = "auto", *, nested: bool = False) -> Dist:
     return Dist(dist.get_rank(), dist.get_world_size(), dev, owns)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full precision elsewhere."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 class RunLog:
-    """stats.jsonl (one JSON object per logged step; truncated to the resumed step on resume),
-    TensorBoard when installed, and a tqdm bar. Only the main rank writes."""
+    """stats.jsonl (one JSON object per logged step; truncated to the resumed step on resume) and
+    TensorBoard when installed. Only the main rank writes."""
 
-    def __init__(self, out: Path, *, enabled: bool, total: int, start: int, desc: str, progress: bool):
-        from tqdm import tqdm
-
+    def __init__(self, out: Path, *, enabled: bool, start: int):
         self.enabled = enabled
         self.path = out / "stats.jsonl"
         self.tb = None
@@ -104,14 +82,7 @@ class RunLog:
                 self.tb = SummaryWriter(str(out / "tensorboard"), purge_step=start + 1)
             except Exception:  # tensorboard not installed
                 self.tb = None
-        self.bar = tqdm(total=total, initial=start, desc=desc, file=sys.stderr, mininterval=1.0, leave=False,
-                        disable=not (enabled and progress))
         self.t0 = time.perf_counter()
-
-    def step(self, n: int = 1, **postfix):
-        self.bar.update(n)
-        if postfix:
-            self.bar.set_postfix({k: f"{v:.4f}" for k, v in postfix.items()}, refresh=False)
 
     def write(self, row: dict):
         if not self.enabled:
@@ -126,7 +97,6 @@ class RunLog:
                     self.tb.add_scalar(k, v, row["step"])
 
     def close(self):
-        self.bar.close()
         if self.tb is not None:
             self.tb.close()
 

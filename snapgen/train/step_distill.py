@@ -13,6 +13,10 @@ The student starts from a trained base/kd checkpoint and is trained only at the 
   ``disc_feature``-th feature map, projected onto the pooled text embedding, scores them. Hinge
   loss for the head, ``-D(fake)`` for the student; gradients reach the student through the frozen
   backbone.
+
+One call of :class:`StepDistillation` does both updates in the usual GAN order: the head's step on
+(real, detached fake) first, then the student's loss through the updated head, which the engine
+back-propagates and steps. Nothing depends on the order of outside calls.
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import torch.nn.functional as F
 
 from snapgen.errors import UserError
 from snapgen.flow import interpolate
+from snapgen.train.engine import adamw
 
 
 def load_init(net, init: str) -> None:
@@ -61,83 +66,69 @@ class DiscHead(nn.Module):
         return self.out(h).flatten(1).mean(1) + (self.embed(pooled) * h.mean((2, 3))).sum(1) / h.shape[1] ** 0.5
 
 
-class StepDistill:
-    def __init__(self, cfg, teacher, dist, assets):
-        self.c = cfg.step_distill
-        self.teacher, self.dist = teacher, dist
-        n = self.c.student_steps
-        self.timesteps = torch.linspace(1.0, 0.0, n + 1)[:-1]
-        self.dt = 1.0 / n
-        c, h, w = assets.latents.shape[1:]
+class StepDistillation:
+    """Stage ``step_distill``: owns the discriminator head, its optimiser and the student's schedule
+    (``timesteps``, which the batch stream draws ``t`` from)."""
+
+    def __init__(self, teacher, *, pooled_dim: int, probe: tuple, student_steps: int, teacher_substeps: int,
+                 kd_weight: float, adv_weight: float, adv_start: int, disc_lr: float, disc_feature: int,
+                 device: torch.device, wrap=None):
+        self.teacher = teacher
+        self.substeps, self.kd_weight, self.adv_weight, self.adv_start = teacher_substeps, kd_weight, adv_weight, adv_start
+        self.timesteps = torch.linspace(1.0, 0.0, student_steps + 1)[:-1].to(device)
+        self.dt = 1.0 / student_steps
         with torch.no_grad():
-            _, feats = teacher(torch.zeros(1, c, h, w, device=dist.device), torch.full((1,), 500.0, device=dist.device),
-                               assets.context[:1].to(dist.device), assets.pooled[:1].to(dist.device), features=True)
+            _, feats = teacher(*probe, features=True)
         if not feats:
             raise UserError(f"the discriminator backbone ({teacher.kind}) exposes no feature maps", key="teacher.path")
-        ch = feats[self.c_feat(len(feats))].shape[1]
-        self.head = DiscHead(ch, assets.pooled.shape[-1]).to(dist.device)
-        self.head_ddp = self.head
-        if dist.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
+        n = len(feats)
+        self.feature = disc_feature if -n <= disc_feature < n else -1
+        self.head = DiscHead(feats[self.feature].shape[1], pooled_dim).to(device)
+        self.head_train = wrap(self.head) if wrap is not None else self.head  # DDP for the head's own step
+        self.opt = adamw(self.head.parameters(), device, lr=disc_lr, betas=(0.0, 0.99))
 
-            self.head_ddp = DDP(self.head)
-        self.opt = torch.optim.AdamW(self.head.parameters(), lr=self.c.disc_lr, betas=(0.0, 0.99))
-        self._fake = None
-        self._s = None
-
-    def c_feat(self, n: int) -> int:
-        try:
-            i = int(self.c.disc_feature)
-        except ValueError:
-            i = -1
-        return i if -n <= i < n else -1
-
-    def disc(self, x0, s, noise, batch):
-        xs = interpolate(x0, noise, s)
-        _, feats = self.teacher(xs, s * 1000, batch["ctx"], batch["pooled"], features=True)
-        return self.head_ddp(feats[self.c_feat(len(feats))], batch["pooled"])
+    def _score(self, head, x0, s, noise, batch):
+        _, feats = self.teacher(interpolate(x0, noise, s), s * 1000, batch["ctx"], batch["pooled"], features=True)
+        return head(feats[self.feature], batch["pooled"])
 
     @torch.no_grad()
     def few_step_target(self, xt, t, batch):
-        k = self.c.teacher_substeps
-        x, h = xt, self.dt / k
-        for j in range(k):
-            tj = t - j * h
-            x = x - h * self.teacher(x, tj * 1000, batch["ctx"], batch["pooled"]).float()
+        h = self.dt / self.substeps
+        x = xt
+        for j in range(self.substeps):
+            x = x - h * self.teacher(x, (t - j * h) * 1000, batch["ctx"], batch["pooled"]).float()
         return (xt - x) / self.dt
 
-    def __call__(self, student, batch, step: int):
-        t = batch["t"]
-        xt = interpolate(batch["x0"], batch["noise"], t)
-        v, _ = student(xt, t * 1000, batch["ctx"], batch["pooled"])
-        target = self.few_step_target(xt, t, batch)
-        kd = ((v.float() - target) ** 2).flatten(1).mean(1).mean()
-        loss, logs = self.c.kd_weight * kd, {"kd": float(kd.detach())}
-        fake = xt - t.view(-1, 1, 1, 1) * v.float()
-        g = torch.Generator(device="cpu").manual_seed(int(step) * 7919 + 17)  # re-noising: part of the step's seed
-        s = (torch.rand(len(t), generator=g) * 0.75 + 0.05).to(t.device)
-        noise = torch.randn(fake.shape, generator=g).to(t.device)
-        self._pair = (fake.detach(), s, noise)
-        if self.c.adv_weight > 0 and step >= self.c.adv_start:
-            self.head.requires_grad_(False)
-            adv = -self.disc(fake, s, noise, batch).mean()
-            self.head.requires_grad_(True)
-            loss = loss + self.c.adv_weight * adv
-            logs["g_adv"] = float(adv.detach())
-        return loss, logs
-
-    def discriminator_step(self, batch, step: int) -> dict:
-        if self.c.adv_weight <= 0:
-            return {}
-        fake, s, noise = self._pair
-        d_real = self.disc(batch["x0"], s, noise, batch)
-        d_fake = self.disc(fake, s, noise, batch)
+    def _discriminator_step(self, real, fake, s, noise, batch) -> dict:
+        d_real = self._score(self.head_train, real, s, noise, batch)
+        d_fake = self._score(self.head_train, fake, s, noise, batch)
         loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
-        return {"d_loss": float(loss.detach()), "d_real": float(d_real.detach().mean()),
-                "d_fake": float(d_fake.detach().mean())}
+        return {"d_loss": loss.detach(), "d_real": d_real.detach().mean(), "d_fake": d_fake.detach().mean()}
+
+    def __call__(self, net, batch: dict, step: int):
+        t = batch["t"]
+        xt = interpolate(batch["x0"], batch["noise"], t)
+        v, _ = net(xt, t * 1000, batch["ctx"], batch["pooled"])
+        kd = ((v.float() - self.few_step_target(xt, t, batch)) ** 2).flatten(1).mean(1).mean()
+        loss, logs = self.kd_weight * kd, {"kd": kd.detach()}
+        if self.adv_weight <= 0:
+            return loss, logs
+        fake = xt - t.view(-1, 1, 1, 1) * v.float()
+        # re-noising: a function of the step alone (exact resume needs no generator state)
+        g = torch.Generator(device=t.device).manual_seed(int(step) * 7919 + 17)
+        s = torch.rand(len(t), generator=g, device=t.device) * 0.75 + 0.05
+        noise = torch.randn(fake.shape, generator=g, device=t.device)
+        logs.update(self._discriminator_step(batch["x0"], fake.detach(), s, noise, batch))
+        if step >= self.adv_start:
+            self.head.requires_grad_(False)  # the student's term: gradients reach the fake only
+            adv = -self._score(self.head, fake, s, noise, batch).mean()
+            self.head.requires_grad_(True)
+            loss = loss + self.adv_weight * adv
+            logs["g_adv"] = adv.detach()
+        return loss, logs
 
     def state_dict(self) -> dict:
         return {"head": self.head.state_dict(), "opt": self.opt.state_dict()}

@@ -144,8 +144,6 @@ def load_teacher(path: str, subfolder: str | None = None) -> Teacher:
     looks_hub = path.count("/") == 1 and not path.startswith((".", "/", "~"))
     if not looks_hub:
         raise UserError("teacher path does not exist", file=path, key="teacher.path")
-    import diffusers
-
     cls_name = None
     try:
         from huggingface_hub import hf_hub_download
