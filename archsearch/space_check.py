@@ -35,30 +35,25 @@ from snapgen.errors import UserError
 
 from archsearch.space import CONSTRAINTS, InvalidArchitecture, SearchSpace
 
+PROXY_CONTEXT_DIM = 384  # the proxy text encoder's width (all-MiniLM-L6-v2); any constant compares the same
 PROXY_CONTEXT_LEN = 8  # tokens of a class prompt through the proxy's text encoder ("a photo of a sneaker")
 
 
 # ---- the proxy of one architecture ----------------------------------------------------------------
 class Proxy:
-    """Scales full-size specs of one space kind with one proxy config and one scaling."""
+    """Scales full-size specs of one space kind with one proxy config, as a trial does."""
 
-    def __init__(self, kind: str, cfg, scaling: str = "current"):
-        from archsearch.proxy_scaling import SCALINGS
-
-        if kind == "decoder" and scaling != "current":
-            raise UserError(f"scaling {scaling!r} is a UNet proposal; decoder proxies scale with the current one",
-                            key="--scaling")
-        if scaling not in SCALINGS:
-            raise UserError(f"unknown scaling {scaling!r}; allowed: {', '.join(SCALINGS)}", key="--scaling")
-        self.kind, self.cfg, self.scaling = kind, cfg, scaling
-        self._fn = SCALINGS[scaling]
+    def __init__(self, kind: str, cfg):
+        self.kind, self.cfg = kind, cfg
 
     def spec(self, full):
         if self.kind == "decoder":
             from archsearch.objectives.decoder_quality import proxy_decoder_spec
 
             return proxy_decoder_spec(full, self.cfg, self.cfg.ae.latent_channels, full.out_channels)
-        return self._fn(full, self.cfg, latent_channels=self.cfg.ae.latent_channels)
+        from snapgen.proxy import proxy_spec
+
+        return proxy_spec(full, self.cfg, latent_channels=self.cfg.ae.latent_channels, context_dim=PROXY_CONTEXT_DIM)
 
     def key(self, full) -> str:
         d = self.spec(full).to_dict()
@@ -291,7 +286,7 @@ def proxy_cost(space: SearchSpace, proxy: Proxy) -> dict:
 def check(space: SearchSpace, proxy: Proxy, *, n: int = 1000, points: int = 4, seed: int = 0,
           cost: bool = True) -> dict:
     params = blind_parameters(space, proxy, points=points, seed=seed)
-    rep = {"space": str(space.path), "kind": space.kind, "base": space.base, "scaling": proxy.scaling,
+    rep = {"space": str(space.path), "kind": space.kind, "base": space.base,
            "proxy": proxy.settings(), "parameters": params, "blind": [p["parameter"] for p in params if p["blind"]],
            "untested": [p["parameter"] for p in params if p["points"] == 0 and len(p["values"]) > 1],
            "samples": invalid_shares(space, proxy, n=n, seed=seed)}
@@ -302,7 +297,7 @@ def check(space: SearchSpace, proxy: Proxy, *, n: int = 1000, points: int = 4, s
 
 def print_check(rep: dict, file=None) -> None:
     proxy = " ".join(f"{k}={v}" for k, v in rep["proxy"].items())
-    print(f"space {rep['space']} ({rep['kind']}, base {rep['base']}); proxy {proxy}, scaling {rep['scaling']}",
+    print(f"space {rep['space']} ({rep['kind']}, base {rep['base']}); proxy {proxy}",
           file=file)
     w = max(len(p["parameter"]) for p in rep["parameters"]) + 2
     wv = max(len(", ".join(map(str, p["values"]))) for p in rep["parameters"]) + 2

@@ -63,8 +63,8 @@ class ProxyConfig:
     logit_std: float = 1.0
     # proxy size
     width_mult: float = 0.125
-    depth_mult: float = 0.25
-    head_dim: int = 16
+    depth_mult: float = 0.5  # of the depth above the first DEPTH_FLOOR blocks (snapgen.spec.ArchSpec.scaled)
+    head_dim: int = 8  # with 8 norm groups: channels in steps of 8, so every searched width stays distinct
     norm_groups: int = 8
     # evaluation
     num_samples: int = 500

@@ -25,6 +25,9 @@ QK_NORMS = ("none", "layernorm", "rmsnorm")
 POS_EMBEDS = ("none", "rope2d")
 
 
+DEPTH_FLOOR = 2  # blocks of a stage a proxy keeps exactly before its depth multiplier applies
+
+
 @dataclass(frozen=True)
 class StageSpec:
     """One resolution level of the UNet (the down stage and its mirrored up stage).
@@ -146,21 +149,27 @@ class ArchSpec:
     # ---- transformations ------------------------------------------------------------------
     def scaled(self, width_mult: float = 1.0, depth_mult: float = 1.0, *, head_dim: int | None = None,
                norm_groups: int | None = None, name: str | None = None) -> "ArchSpec":
-        """A proxy-sized copy: channels scaled (kept a multiple of head_dim and norm groups),
-        transformer depth and layers scaled (never below 1 where they were >= 1).
-        ``head_dim`` / ``norm_groups`` may be overridden so that narrow proxies keep several heads."""
-        from math import lcm
+        """A proxy-sized copy that keeps every choice distinct: channels x ``width_mult`` rounded half
+        up to a multiple of lcm(head_dim, norm_groups); depths (``layers``, ``transformer_depth``) keep
+        their first ``DEPTH_FLOOR`` blocks and scale only the rest (d -> min(d, F) + round(max(d - F, 0)
+        x depth_mult)), which preserves order (1, 2, 4, 6 -> 1, 2, 3, 4 at 0.5) where rounding d x
+        depth_mult made 1 and 2 (or 2 and 4) the same proxy. ``head_dim`` / ``norm_groups`` may be
+        overridden so that narrow proxies keep several heads."""
+        from math import floor, lcm
+
+        def half_up(x: float) -> int:
+            return int(floor(x + 0.5))
+
+        def depth(d: int) -> int:
+            return d and min(d, DEPTH_FLOOR) + half_up(max(d - DEPTH_FLOOR, 0) * depth_mult)
 
         head_dim = head_dim or self.head_dim
         norm_groups = norm_groups or self.norm_groups
         q = lcm(head_dim, norm_groups)
-        stages = []
-        for s in self.stages:
-            ch = max(q, int(round(s.channels * width_mult / q)) * q)
-            depth = s.transformer_depth and max(1, int(round(s.transformer_depth * depth_mult)))
-            layers = max(1, int(round(s.layers * depth_mult)))
-            stages.append(replace(s, channels=ch, transformer_depth=depth, layers=layers))
-        return replace(self, stages=tuple(stages), head_dim=head_dim, norm_groups=norm_groups,
+        stages = tuple(replace(s, channels=max(q, half_up(s.channels * width_mult / q) * q),
+                               transformer_depth=depth(s.transformer_depth), layers=max(1, depth(s.layers)))
+                       for s in self.stages)
+        return replace(self, stages=stages, head_dim=head_dim, norm_groups=norm_groups,
                        name=name or self.name).validate()
 
     def with_head_dim(self, head_dim: int) -> "ArchSpec":

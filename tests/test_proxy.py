@@ -112,7 +112,7 @@ def test_proxy_spec_uses_proxy_latents_and_text_width(tiny):
     cfg = tiny
     assets = prepare_assets(cfg)
     s = proxy_spec(small_spec(), cfg, latent_channels=assets.latents.shape[1], context_dim=assets.context.shape[-1])
-    assert s.latent_channels == 4 and s.context_dim == 384 and s.head_dim == 16 and s.norm_groups == 8
+    assert s.latent_channels == 4 and s.context_dim == 384 and s.head_dim == cfg.head_dim == 8 and s.norm_groups == 8
     assert [st.channels for st in s.stages] == [32, 64] and s.name == "tiny-proxy"
     assert assets.context.shape[0] == 11  # 10 class prompts + the empty prompt (CFG null condition)
 

@@ -4,14 +4,15 @@ from __future__ import annotations
 import json
 import textwrap
 
+from dataclasses import replace
+
 import pytest
 
 from archsearch.cli import main
-from archsearch.proxy_scaling import PROPOSED_PROXY, floor_depth, scaled_distinct
 from snapgen.presets import REPO_ROOT
 
-# Planted: stage0.channels 16 and 32 both become 16 channels at width 0.5 (quantum lcm(16, 8) = 16), and
-# `layers` 1 and 2 both become 1 at depth 0.25. Honest: stage1.channels (64/96/128 -> 32/48/64), ffn_ratio.
+# Planted: under BLINDING (below), stage0.channels 16 and 32 both become 16 channels and `layers` 3 and 4 both
+# become 2. Honest: stage1.channels (64/96/128 -> 32/48/64), ffn_ratio.
 PLANTED = textwrap.dedent("""\
     kind: unet
     presets:
@@ -22,20 +23,24 @@ PLANTED = textwrap.dedent("""\
           head_dim: 16
           norm_groups: 8
           channels: [32, 64]
-          layers: 2
+          layers: 3
           transformer_depth: [0, 1]
           cross_attention: [false, true]
     search:
       base: base
       dimensions:
         channels: {per_stage: true, choices: [[16, 32], [64, 96, 128]]}
-        layers: {choices: [1, 2]}
+        layers: {choices: [3, 4]}
         ffn_ratio: {choices: [2, 3, 4]}
     """)
 
 # Known invalid shares under uniform sampling: full size, res_block false with transformer_depth 0 in
-# stage 1 (1/2 x 1/2 = 1/4); proxy size (width 0.5: 64 -> 32 channels, 4 -> 2 heads), gqa with
+# stage 1 (1/2 x 1/2 = 1/4); proxy size (width 0.5, head_dim 16: 64 -> 32 channels, 4 -> 2 heads), gqa with
 # kv_heads 4 (1/2 x 1/3 = 1/6 of the valid ones).
+# A proxy that blinds them: quantum lcm(16, 8) = 16 makes 16 and 32 channels both 16 at width 0.5, and depths
+# 3 and 4 keep their first 2 blocks plus round(1 x 0.1) = round(2 x 0.1) = 0.
+BLINDING = ["width_mult=0.5", "depth_mult=0.1", "head_dim=16"]
+
 KNOWN_SHARES = textwrap.dedent("""\
     kind: unet
     presets:
@@ -67,7 +72,7 @@ def _check(args, capsys) -> tuple[int, dict]:
 def test_a_planted_blind_parameter_is_found(tmp_path, capsys):
     p = tmp_path / "space.yaml"
     p.write_text(PLANTED)
-    rc, rep = _check([str(p), "--proxy", "width_mult=0.5", "depth_mult=0.25", "--n", "100"], capsys)
+    rc, rep = _check([str(p), "--proxy", *BLINDING, "--n", "100"], capsys)
     assert rc == 1
     assert sorted(rep["blind"]) == ["layers", "stage0.channels"]
     by = {x["parameter"]: x for x in rep["parameters"]}
@@ -80,7 +85,7 @@ def test_a_planted_blind_parameter_is_found(tmp_path, capsys):
     rc, rep = _check([str(p), "--proxy", "width_mult=1", "depth_mult=1", "--n", "100"], capsys)
     assert rc == 0 and rep["blind"] == []
     # the text report names them too
-    assert main(["space", "check", str(p), "--proxy", "width_mult=0.5", "depth_mult=0.25", "--n", "10"]) == 1
+    assert main(["space", "check", str(p), "--proxy", *BLINDING, "--n", "10"]) == 1
     out = capsys.readouterr().out
     assert "2 of 4 searched parameters are blind: stage0.channels, layers" in out
 
@@ -89,7 +94,7 @@ def test_invalid_shares_are_counted(tmp_path, capsys):
     p = tmp_path / "space.yaml"
     p.write_text(KNOWN_SHARES)
     n = 1200
-    rc, rep = _check([str(p), "--proxy", "width_mult=0.5", "--n", str(n), "--seed", "3"], capsys)
+    rc, rep = _check([str(p), "--proxy", "width_mult=0.5", "head_dim=16", "--n", str(n), "--seed", "3"], capsys)
     s = rep["samples"]
     full, prox = s["invalid_full_size"], s["invalid_proxy_size"]
     assert s["n"] == n and s["valid"] + full["count"] + prox["count"] == n
@@ -105,50 +110,40 @@ def test_invalid_shares_are_counted(tmp_path, capsys):
     assert kv["points"] >= 1 and not kv["blind"] and any("4 (proxy size)" in k for k in kv["unbuildable"])
 
 
-def test_shipped_spaces_today(capsys):
-    """The shipped UNet space with the shipped proxy: the four blind parameters issue 12 names.
-    (When the proxy's scaling changes, this becomes `== []`, as the next test holds the proposal to.)"""
+def test_shipped_spaces_have_no_blind_parameter(capsys):
+    """The shipped spaces with the shipped proxy: every searched choice changes the proxy model (issue 12 found
+    four blind ones under the previous scaling: layers, stage0.channels, stage1/2.transformer_depth)."""
     rc, rep = _check([str(REPO_ROOT / "search_spaces/unet.yaml"), "--study", str(REPO_ROOT / "studies/unet.yaml"),
                       "--n", "200"], capsys)
-    assert rc == 1
-    assert sorted(rep["blind"]) == ["layers", "stage0.channels", "stage1.transformer_depth",
-                                    "stage2.transformer_depth"]
-    assert rep["proxy"] == {"width_mult": 0.125, "depth_mult": 0.25, "head_dim": 16, "norm_groups": 8}
-    by = {x["parameter"]: x for x in rep["parameters"]}
-    assert by["stage0.channels"]["proxy_values"] == {"192": 32, "256": 32, "320": 32}
-    # gqa's kv_heads 2 vs 4 cannot even be compared: with head_dim 16 the proxy's stages have 2-7 heads
-    assert rep["untested"] == ["kv_heads"] and rep["samples"]["invalid_proxy_size"]["count"] > 0
-    rc, rep = _check([str(REPO_ROOT / "search_spaces/decoder.yaml"), "--study", str(REPO_ROOT / "studies/decoder.yaml"),
-                      "--n", "200"], capsys)
-    assert rc == 0 and rep["blind"] == [] and rep["kind"] == "decoder"
-
-
-def test_proposed_scaling_keeps_the_shipped_space_distinct(capsys):
-    proxy = [f"{k}={v}" for k, v in PROPOSED_PROXY.items()]
-    rc, rep = _check([str(REPO_ROOT / "search_spaces/unet.yaml"), "--study", str(REPO_ROOT / "studies/unet.yaml"),
-                      "--scaling", "distinct", "--proxy", *proxy, "--n", "200"], capsys)
     assert rc == 0 and rep["blind"] == [] and rep["untested"] == []
-    assert rep["samples"]["invalid_proxy_size"]["count"] == 0  # head_dim 8: every full-size-valid sample builds
+    assert rep["proxy"] == {"width_mult": 0.125, "depth_mult": 0.5, "head_dim": 8, "norm_groups": 8}
     by = {x["parameter"]: x for x in rep["parameters"]}
     assert by["stage2.transformer_depth"]["proxy_values"] == {"2": 2, "4": 3, "6": 4}
     assert by["layers"]["proxy_values"] == {"1": 1, "2": 2}
     assert by["stage0.channels"]["proxy_values"] == {"192": 24, "256": 32, "320": 40}
     c = rep["proxy_cost_at_base"]
     assert c["layers"] == [2, 2, 2] and c["transformer_depth"] == [1, 2, 3] and c["params"] > 0
+    rc, rep = _check([str(REPO_ROOT / "search_spaces/decoder.yaml"), "--study", str(REPO_ROOT / "studies/decoder.yaml"),
+                      "--n", "200"], capsys)
+    assert rc == 0 and rep["blind"] == [] and rep["kind"] == "decoder"
 
 
-def test_floor_depth_and_scaled_distinct():
+def test_proxy_scaling_keeps_order_and_small_depths():
     from snapgen.presets import load_preset
 
-    for m in (0.25, 0.5, 1.0):
-        got = [floor_depth(d, m) for d in range(0, 13)]
-        assert got == sorted(got) and got[:3] == [0, 1, 2]  # order kept, small depths exact
-    assert [floor_depth(d, 0.5) for d in (1, 2, 4, 6)] == [1, 2, 3, 4]
     spec = load_preset(None, "snapgen-t2i")
-    s = scaled_distinct(spec, 0.125, 0.5, head_dim=8, norm_groups=8)
+    for m in (0.25, 0.5, 1.0):
+        got = []
+        for d in range(0, 13):
+            st = spec.stages[2]
+            one = replace(spec, stages=spec.stages[:2] + (replace(st, transformer_depth=d, layers=max(d, 1)),))
+            s = one.scaled(1.0, m, head_dim=8, norm_groups=8).stages[2]
+            got.append(s.transformer_depth)
+        assert got == sorted(got) and got[:3] == [0, 1, 2], (m, got)  # order kept, small depths exact
+    s = spec.scaled(0.125, 0.5, head_dim=8, norm_groups=8)
     assert [st.channels for st in s.stages] == [32, 64, 112] and s.head_dim == 8
     # with depth_mult 1 and a quantum that divides every width, nothing changes but the head dim
-    same = scaled_distinct(spec, 1.0, 1.0, head_dim=32, norm_groups=32)
+    same = spec.scaled(1.0, 1.0, head_dim=32, norm_groups=32)
     assert [(a.channels, a.layers, a.transformer_depth) for a in same.stages] == [
         (b.channels, b.layers, b.transformer_depth) for b in spec.stages]
 
@@ -156,7 +151,6 @@ def test_floor_depth_and_scaled_distinct():
 @pytest.mark.parametrize("args, message", [
     (["--proxy", "width=0.5"], "proxy.width: unknown key 'width'"),
     (["--proxy", "width_mult"], "must look like key=value"),
-    (["--scaling", "wavy"], "--scaling: unknown scaling 'wavy'"),
     (["--n", "-1"], "--n: must be >= 0"),
 ])
 def test_bad_input(tmp_path, capsys, args, message):
@@ -169,13 +163,10 @@ def test_bad_input(tmp_path, capsys, args, message):
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
-def test_bad_space_and_decoder_scaling(tmp_path, capsys):
+def test_bad_space_and_action(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["space", "check", str(tmp_path / "missing.yaml")])
     assert e.value.code == 2 and "file not found" in capsys.readouterr().err
-    with pytest.raises(SystemExit) as e:
-        main(["space", "check", str(REPO_ROOT / "search_spaces/decoder.yaml"), "--scaling", "distinct"])
-    assert e.value.code == 2 and "is a UNet proposal" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         main(["space", "nosuchaction"])
     assert e.value.code == 2

@@ -17,8 +17,6 @@ def add_arguments(p):
     c.add_argument("--proxy", nargs="+", default=[], metavar="key=value",
                    help="proxy settings (snapgen.proxy.ProxyConfig fields; the decoder proxy's for decoder spaces), "
                         "e.g. width_mult=0.25 depth_mult=0.5")
-    c.add_argument("--scaling", default="current", help="current (what the proxy does) or distinct (the proposal "
-                   "in archsearch/proxy_scaling.py; not used by the proxy yet)")
     c.add_argument("--n", type=int, default=1000, help="random samples for the invalid shares (default 1000)")
     c.add_argument("--points", type=int, default=4, help="random valid points to vary each parameter from, beside "
                    "the base (default 4)")
@@ -37,11 +35,7 @@ def run(args):
             raise UserError(f"must be >= 0, got {getattr(args, name)}", file="<command line>", key=f"--{name}")
     space = SearchSpace.load(args.space)
     cfg = proxy_config(space.kind, load_proxy_mapping(args.study, args.proxy), file="<command line>")
-    try:
-        proxy = Proxy(space.kind, cfg, args.scaling)
-    except UserError as e:
-        raise e.with_context(file="<command line>") from None
-    rep = check(space, proxy, n=args.n, points=args.points, seed=args.seed)
+    rep = check(space, Proxy(space.kind, cfg), n=args.n, points=args.points, seed=args.seed)
     if args.json:
         print(json.dumps(rep, indent=2, default=str))
     else:
