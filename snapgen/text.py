@@ -12,6 +12,7 @@ key hashing the encoder identity, ``max_length`` and the prompt.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,7 +64,12 @@ def load_text_encoder(name: str = DEFAULT_ENCODER):
     if local:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    from snapgen.progress import is_terminal
+
+    if not is_terminal(sys.stderr):  # its weight-loading bar redraws with carriage returns in worker logs
+        hf_logging.disable_progress_bar()
     try:
         tokenizer = AutoTokenizer.from_pretrained(src, local_files_only=local)
         model = AutoModel.from_pretrained(src, local_files_only=local)
