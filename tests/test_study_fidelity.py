@@ -212,3 +212,18 @@ def test_bad_values_one_line_exit_2(case, tiny_study, tmp_path, monkeypatch, cap
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {p}: ") and expect in lines[0], lines
     assert not (tmp_path / "run").exists()
+
+
+def test_fidelity_of_a_seeded_run_uses_its_seeds(seeded_run, tmp_path, capsys, monkeypatch):
+    import shutil
+
+    d = tmp_path / "copy"
+    shutil.copytree(seeded_run.parent, d)
+    monkeypatch.chdir(d)
+    rc, out, err = _cli(["fidelity", "run", "--k", "3", "--budget-mult", "8", "--seeds", "1", "--proxy-seeds", "4",
+                         "--no-progress", "--bootstrap", "200"], capsys)
+    assert rc == 0, err
+    assert "seed(s) [0, 1, 2]: the run's own values" in out
+    log = [json.loads(x) for x in (d / "run" / "fidelity" / "evaluations.jsonl").read_text().splitlines()]
+    new = [r for r in log if r["side"] == "proxy"]
+    assert len(new) == 3 and {r["seed"] for r in new} == {3}  # only the seed the run does not hold

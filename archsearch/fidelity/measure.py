@@ -177,7 +177,7 @@ def plan(source: str | None, *, presets: str | None = None, k: int = 12, budget_
         cands, note = from_run(run, study, quality, k, select_seed)
         root = run_dir / "fidelity"
         n_proxy = proxy_seeds or int(study.cfg.seeds)  # default: the seeds the run holds
-        source_info = {"kind": "run", "run_dir": str(run_dir), "selection": note}
+        source_info = {"kind": "run", "run_dir": str(run_dir), "selection": note, "run_seeds": int(study.cfg.seeds)}
     proxy = proxy_side(study, tuple(s0 + i for i in range(n_proxy)))
     reference = reference_side(study, ref_seeds, budget_mult=budget_mult, resolution=resolution,
                                overrides=list(overrides), specs=[c.spec for c in cands])
