@@ -227,3 +227,41 @@ def test_fidelity_of_a_seeded_run_uses_its_seeds(seeded_run, tmp_path, capsys, m
     log = [json.loads(x) for x in (d / "run" / "fidelity" / "evaluations.jsonl").read_text().splitlines()]
     new = [r for r in log if r["side"] == "proxy"]
     assert len(new) == 3 and {r["seed"] for r in new} == {3}  # only the seed the run does not hold
+
+
+def test_each_seed_goes_through_the_study_dispatch(tmp_path, monkeypatch):
+    """The fid metric's dispatch trains seed, seed+1, ... in turn (the proxy replaced by a recorder); the
+    first seed alone sees the early-stopping callback, and a stop there runs no other seed."""
+    from types import SimpleNamespace
+
+    from archsearch.study import seeds as seeds_mod
+    from archsearch.study.runner import TrialRunner
+
+    (tmp_path / "space.yaml").write_text(TINY_UNET_SPACE)
+    text = tiny_study_text(name="fid").replace("- {name: synthetic}", "- {name: fid}").replace(
+        "reference_point: {synthetic: 80,", "reference_point: {fid: 300,")
+    (tmp_path / "fid.yaml").write_text(text + "seed: 5\nseeds: 3\nproxy: {steps: 10, eval_every: 5}\n")
+    study = load_study(tmp_path / "fid.yaml")
+    calls = []
+
+    def proxy_quality(spec, cfg, *, seed, on_eval):
+        stop = on_eval(5, 200.0 + seed) if on_eval is not None else False
+        calls.append((seed, on_eval is not None))
+        return SimpleNamespace(metric="fd-fmnist", value=(200.0 if stop else 100.0) + seed, steps=5 if stop else 10,
+                               to_dict=lambda: {})
+
+    monkeypatch.setattr("archsearch.objectives.quality.proxy_quality", proxy_quality)
+    runner = TrialRunner(study, None, log=lambda s: None)
+    spec = study.space.preset("tiny")
+    for stop in (False, True):
+        calls.clear()
+        attrs = {}
+        trial = SimpleNamespace(set_user_attr=attrs.__setitem__)
+        res = seeds_mod.run_quality(runner, spec, {}, lambda step, v: stop, trial)
+        if stop:
+            assert calls == [(5, True)] and res.value == 205.0 and attrs == {}
+        else:
+            assert calls == [(5, True), (6, False), (7, False)]
+            assert res.value == pytest.approx(106.0) and attrs["quality_seeds"]["values"] == [105.0, 106.0, 107.0]
+            assert attrs["quality_seeds"]["se"] == pytest.approx(1 / math.sqrt(3))
+    assert runner.cfg.seed == 5  # the runner itself is unchanged
