@@ -21,16 +21,19 @@ from pathlib import Path
 
 from snapgen.errors import UserError
 
+from archsearch.fidelity.in_study import check_rule_names, reference_of
+
 OPS = {"<=": lambda a, b: a <= b, "<": lambda a, b: a < b, ">=": lambda a, b: a >= b, ">": lambda a, b: a > b,
        "==": lambda a, b: a == b}
-_RULE = re.compile(r"^\s*(min|max)\s+([A-Za-z_][\w.]*)\s*(?:where\s+(.+))?$", re.I)
-_COND = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(<=|>=|==|<|>)\s*([-+0-9.eE]+)\s*$")
+_RULE = re.compile(r"^\s*(min|max)\s+([A-Za-z_][\w.-]*)\s*(?:where\s+(.+))?$", re.I)  # - : ref_fd-fmnist
+_COND = re.compile(r"^\s*([A-Za-z_][\w.-]*)\s*(<=|>=|==|<|>)\s*([-+0-9.eE]+)\s*$")
 
 
 def trial_metrics(run, t) -> dict:
     m = dict(t.user_attrs.get("metrics") or {})
     if t.values is not None:
         m.update(dict(zip(run.names, t.values)))
+    m.update(reference_of(run, t))  # ref_<metric>: the study's fidelity: section, from RUN_DIR
     return m
 
 
@@ -62,6 +65,7 @@ def pick_rule(run, rule: str):
     sense, metric, conds = parse_rule(rule)
     trials = candidates(run)
     known = sorted({k for t in trials for k in trial_metrics(run, t)})
+    note = check_rule_names([metric] + [c[0] for c in conds], [trial_metrics(run, t) for t in trials], run)
     for name in [metric] + [c[0] for c in conds]:
         if name not in known:
             raise UserError(f"unknown metric {name!r}; allowed: {', '.join(known) or '(no completed trials)'}",
@@ -74,7 +78,8 @@ def pick_rule(run, rule: str):
         if all(m.get(k) is not None and OPS[op](m[k], v) for k, op, v in conds):
             ok.append((m[metric], t.number, t))
     if not ok:
-        raise UserError(f"no completed feasible trial satisfies {rule!r} ({len(trials)} candidates)", key="--pick")
+        raise UserError(f"no completed feasible trial satisfies {rule!r} ({len(trials)} candidates{note})",
+                        key="--pick")
     ok.sort(key=lambda x: (x[0] if sense == "min" else -x[0], x[1]))
     return ok[0][2]
 

@@ -20,7 +20,7 @@ def add_arguments(p):
                    "evals); default 4")
     p.add_argument("--seeds", type=int, default=2, help="reference seeds: the study's seed and the next S-1 "
                    "(default 2)")
-    p.add_argument("--proxy-seeds", type=int, help="proxy seeds (default: 1 for a run, its own values; S for "
+    p.add_argument("--proxy-seeds", type=int, help="proxy seeds (default: a run's own, its `seeds`; S for "
                    "presets); more seeds measure the proxy's own noise")
     p.add_argument("--resolution", type=int, help="reference resolution in px (proxy and embedded autoencoder); "
                    "a multiple of the autoencoder's factor x 2^(stages-1)")

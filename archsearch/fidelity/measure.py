@@ -176,8 +176,8 @@ def plan(source: str | None, *, presets: str | None = None, k: int = 12, budget_
         run = load_run(run_dir)
         cands, note = from_run(run, study, quality, k, select_seed)
         root = run_dir / "fidelity"
-        n_proxy = proxy_seeds or 1
-        source_info = {"kind": "run", "run_dir": str(run_dir), "selection": note}
+        n_proxy = proxy_seeds or int(study.cfg.seeds)  # default: the seeds the run holds
+        source_info = {"kind": "run", "run_dir": str(run_dir), "selection": note, "run_seeds": int(study.cfg.seeds)}
     proxy = proxy_side(study, tuple(s0 + i for i in range(n_proxy)))
     reference = reference_side(study, ref_seeds, budget_mult=budget_mult, resolution=resolution,
                                overrides=list(overrides), specs=[c.spec for c in cands])
@@ -197,11 +197,10 @@ def plan(source: str | None, *, presets: str | None = None, k: int = 12, budget_
               root=root)
     seen: set[str] = set()
     for side in (proxy, reference):
-        run_seed = s0 if (side.name == "proxy" and not presets) else None  # the run holds these values
         for seed in side.seeds:  # seed-major: an interrupted measurement has whole seeds first
-            if seed == run_seed:
-                continue
             for i, c in enumerate(cands):
+                if side.name == "proxy" and seed in c.run_values:
+                    continue  # the run holds this value
                 key = evaluation_key(c.spec_hash, seed, side.key)
                 if key not in seen:  # --budget-mult 1 without overrides: both sides are the same settings
                     seen.add(key)
@@ -316,17 +315,16 @@ def _pool(plan: Plan, pending: list[Job], workers: int, finish) -> None:
 def report(plan: Plan, done: dict, *, n_resamples: int = 2000) -> dict:
     from archsearch.fidelity.report import build_report
 
-    s0 = int(plan.study.cfg.seed)
     keep, pvals, rvals, excluded = [], [], [], []
     secs = {"proxy": [], "reference": []}
     for i, c in enumerate(plan.cands):
         pv, rv, failed = {}, {}, []
         for side, vals in ((plan.proxy, pv), (plan.reference, rv)):
             for seed in side.seeds:
-                if side.name == "proxy" and plan.source["kind"] == "run" and seed == s0:
-                    vals[seed] = c.run_value
-                    if c.run_seconds is not None:
-                        secs["proxy"].append(c.run_seconds)
+                if side.name == "proxy" and seed in c.run_values:
+                    vals[seed] = c.run_values[seed]
+                    if c.run_seconds is not None:  # the trial's quality time, over the seeds it ran
+                        secs["proxy"].append(c.run_seconds / len(c.run_values))
                     continue
                 rec = done.get(evaluation_key(c.spec_hash, seed, side.key))
                 if rec is None:

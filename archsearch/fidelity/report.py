@@ -144,7 +144,8 @@ def print_report(rep: dict, file=None) -> None:
             if src["kind"] == "run" else f"{n} presets/specs")
     pr, rf = rep["sides"]["proxy"], rep["sides"]["reference"]
     print(f"fidelity of {rep['study']} ({rep['metric']}, {rep['direction']}): {what}", file=file)
-    own = f"  (seed {pr['seeds'][0]}: the run's own values)" if src["kind"] == "run" else ""
+    held = pr["seeds"][:src.get("run_seeds", 1)]  # a `seeds: N` run holds N of them
+    own = f"  (seed(s) {held}: the run's own values)" if src["kind"] == "run" else ""
     print(f"  proxy:     {pr['describe']}{own}", file=file)
     print(f"  reference: {rf['describe']}", file=file)
     c = rep["correlation"]

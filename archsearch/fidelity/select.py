@@ -31,6 +31,7 @@ class Candidate:
     run_front: bool = False
     run_value: float | None = None  # the run's own proxy value (its study seed), if any
     run_seconds: float | None = None  # what that value cost the run (its quality_s)
+    run_values: dict = field(default_factory=dict)  # {seed: value} the run holds (its `seeds: N`), if any
     missing: str | None = None  # why an exact metric could not be computed (presets only)
 
 
@@ -60,9 +61,12 @@ def from_run(run, study, quality: str, k: int, select_seed: int = 0) -> tuple[li
         if h in seen:  # the same architecture twice: one point
             seen[h].run_front |= t.number in front_numbers
             continue
+        qs = t.user_attrs.get("quality_seeds")  # archsearch.study.seeds: the objective is their mean
         seen[h] = Candidate(label=f"trial {t.number}", spec=spec, spec_hash=h, metrics=metrics, trial=t.number,
                             run_front=t.number in front_numbers, run_value=float(metrics[quality]),
-                            run_seconds=(t.user_attrs.get("timings") or {}).get("quality_s"))
+                            run_seconds=(t.user_attrs.get("timings") or {}).get("quality_s"),
+                            run_values=(dict(zip(qs["seeds"], qs["values"])) if qs else
+                                        {int(study.cfg.seed): float(metrics[quality])}))
     cands = list(seen.values())
     if len(cands) < 2:
         raise UserError(f"the run has {len(cands)} completed architecture(s) with a {quality} value; at least 2 are "

@@ -202,6 +202,11 @@ def render(run: Run) -> str:
         fig.update_layout(height=520)
         parts.append(fig.to_html(full_html=False, include_plotlyjs=first, config={"displaylogo": False}))
         first = False
+    from archsearch.fidelity.report import fidelity_section, load_reports
+
+    for fid_rep in load_reports(run.dir):  # `archsearch fidelity` and the study's fidelity: section
+        parts.append(fidelity_section(fid_rep, include_plotlyjs=first))
+        first = False
     if first:  # no figure at all: still embed plotly.js once, so the page is the same kind of file
         parts.append(go.Figure().to_html(full_html=False, include_plotlyjs=True))
     counts = ", ".join(f"{k.lower()} {v}" for k, v in rep["trials"].items())

@@ -150,6 +150,10 @@ def pareto_trials(run: Run) -> list:
     architecture (values reused, see the runner) is one point of the front, not two."""
     if not completed(run):
         return []
+    if int(run.cfg.get("seeds") or 1) > 1:  # the front respects the seed spread (archsearch.study.seeds)
+        from archsearch.study.seeds import noisy_pareto_trials
+
+        return noisy_pareto_trials(run)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         best = sorted(run.study.best_trials, key=lambda t: t.values[0])
@@ -157,6 +161,8 @@ def pareto_trials(run: Run) -> list:
 
 
 def pareto_report(run: Run) -> dict:
+    from archsearch.fidelity.in_study import reference_of, study_reference
+
     trials = completed(run)
     ref, note = reference_point(run, trials)
     best = pareto_trials(run) if trials else []
@@ -171,20 +177,32 @@ def pareto_report(run: Run) -> dict:
         "trials": {k: v for k, v in states.items() if v},
         "pareto": [{"number": t.number, "values": dict(zip(run.names, t.values)),
                     "metrics": t.user_attrs.get("metrics", {}), "params": t.params,
-                    "proxy_metric": t.user_attrs.get("proxy_metric"), "spec": t.user_attrs.get("spec")}
+                    "proxy_metric": t.user_attrs.get("proxy_metric"), "spec": t.user_attrs.get("spec"),
+                    "seeds": t.user_attrs.get("quality_seeds"), "reference": reference_of(run, t)}
                    for t in best],
+        "fidelity": (study_reference(run) or [None])[0],  # the study's fidelity: experiment (in_study.py)
     }
 
 
 def print_pareto(rep: dict, file=None) -> None:
+    from archsearch.study.seeds import quality_cell
+
     names = rep["objectives"]
-    w = [max(10, len(n) + 2) for n in names]
+    refs = sorted({k for p in rep["pareto"] for k in p.get("reference") or {}})  # ref_<metric> (fidelity:)
+    w = [max(12, len(n) + 2) for n in names + refs]
     print(f"Pareto front of {rep['study']}: {len(rep['pareto'])} non-dominated trial(s) "
           f"({', '.join(f'{k.lower()} {v}' for k, v in rep['trials'].items())})", file=file)
-    print("  trial  " + "".join(f"{n:>{wi}}" for n, wi in zip(names, w)), file=file)
+    print("  trial  " + "".join(f"{n:>{wi}}" for n, wi in zip(names + refs, w)), file=file)
     for p in rep["pareto"]:
-        print(f"  {p['number']:>5}  " + "".join(f"{fmt_metric(n, p['values'][n]):>{wi}}" for n, wi in zip(names, w)),
-              file=file)
+        cells = [quality_cell(p, n) or fmt_metric(n, p["values"][n]) for n in names]
+        cells += [fmt_metric(n, (p.get("reference") or {}).get(n)) for n in refs]
+        print(f"  {p['number']:>5}  " + "".join(f"{c:>{wi}}" for c, wi in zip(cells, w)), file=file)
+    if any(p.get("seeds") for p in rep["pareto"]):
+        print("quality: mean±standard error over the seeds; the front keeps every trial not beaten by more than "
+              "1.96 standard errors (docs/study.md)", file=file)
+    if rep.get("fidelity"):
+        print(f"reference values: {rep['fidelity']['reference']} (mean over the seeds; the study's fidelity: "
+              "section)", file=file)
     ref = ", ".join(f"{n}={fmt_metric(n, v)}" for n, v in rep["reference_point"].items())
     print(f"hypervolume {rep['hypervolume']:.4f} (fraction of the box up to the reference point {ref}; "
           f"{rep['reference_point_note']})", file=file)

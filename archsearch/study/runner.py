@@ -217,7 +217,7 @@ class TrialRunner:
         if dup is not None:
             # The same architecture again (samplers repeat themselves on small spaces): every metric is a
             # deterministic function of the spec and the seed, so reuse it instead of training again.
-            for k in ("metrics", "evals", "proxy_metric"):
+            for k in ("metrics", "evals", "proxy_metric", "quality_seeds"):
                 if k in dup.user_attrs:
                     trial.set_user_attr(k, dup.user_attrs[k])
             trial.set_user_attr("duplicate_of", dup.number)
@@ -257,7 +257,9 @@ class TrialRunner:
                 return d.stop
 
             t0 = time.perf_counter()
-            result = self.run_quality(spec, metrics, on_eval)
+            from archsearch.study.seeds import run_quality as over_seeds
+
+            result = over_seeds(self, spec, metrics, on_eval, trial)  # run_quality over the study's seeds
             timings["quality_s"] = time.perf_counter() - t0
             metrics[self.quality] = float(result.value)
             trial.set_user_attr("proxy_metric", result.metric)
@@ -437,6 +439,10 @@ def _run_study(study, *, workers, progress, worker_only, finish):
     else:
         _run_local_workers(study, workers, progress, deadline)
     summary = {"seconds": time.time() - t0}
+    if finish and cfg.fidelity is not None:  # the study's fidelity: section, before the front is shown
+        from archsearch.fidelity.in_study import evaluate_front
+
+        evaluate_front(study, workers=workers, progress=progress)
     if finish:
         from archsearch.study.dashboard import write_dashboard
         from archsearch.study.pareto import load_run, pareto_report, print_pareto

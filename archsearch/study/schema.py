@@ -89,6 +89,17 @@ class SyntheticCfg:
 
 
 @dataclass
+class FidelityCfg:
+    """When the run ends, re-evaluate its final front at a higher fidelity (archsearch/fidelity/in_study.py)."""
+
+    budget_mult: float = 4.0  # x the proxy's steps (synthetic: evals)
+    seeds: int = 2  # reference seeds: seed, seed+1, ...
+    k: int = 0  # extra non-front architectures, stratified by proxy quality
+    overrides: Dict[str, Any] = field(default_factory=dict)  # keys of the proxy: (synthetic:) section
+    workers: Optional[int] = None  # default: the study's workers
+
+
+@dataclass
 class StudyCfg:
     name: str = MISSING
     space: str = MISSING  # search-space file, relative to the study file
@@ -100,6 +111,7 @@ class StudyCfg:
     timeout: Optional[float] = None  # seconds; no new trial starts after it
     workers: Any = 1  # local worker processes, or auto: one per visible GPU (1 without); --workers overrides
     seed: int = 0  # training seed of every proxy run (the same for all trials: a fair comparison)
+    seeds: int = 1  # quality scored over seed, seed+1, ... seed+N-1 (mean); archsearch/study/seeds.py
     proxy: Dict[str, Any] = field(default_factory=dict)  # snapgen.proxy.ProxyConfig fields
     target: TargetCfg = field(default_factory=TargetCfg)
     latency: LatencyCfg = field(default_factory=LatencyCfg)
@@ -109,6 +121,7 @@ class StudyCfg:
     output_dir: Optional[str] = None  # default runs/<name>
     heartbeat: HeartbeatCfg = field(default_factory=HeartbeatCfg)
     synthetic: SyntheticCfg = field(default_factory=SyntheticCfg)
+    fidelity: Optional[FidelityCfg] = None  # absent: no re-evaluation
 
 
 @dataclass
@@ -186,6 +199,8 @@ def _nested_schema(schema, name: str):
 
     hints = typing.get_type_hints(schema)
     t = hints[name]
+    if typing.get_origin(t) is typing.Union and len(typing.get_args(t)) == 2 and type(None) in typing.get_args(t):
+        t = next(a for a in typing.get_args(t) if a is not type(None))  # Optional[Section]
     if dataclasses.is_dataclass(t):
         return t, False
     if typing.get_origin(t) in (list, List) and dataclasses.is_dataclass(typing.get_args(t)[0]):
@@ -405,6 +420,8 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
         raise UserError(f"must be an integer >= 1 or auto, got {cfg.workers!r}", file=f, key="workers")
     if cfg.n_trials < 1:
         raise UserError(f"must be >= 1, got {cfg.n_trials}", file=f, key="n_trials")
+    if cfg.seeds < 1:
+        raise UserError(f"must be >= 1 (training seeds per trial), got {cfg.seeds}", file=f, key="seeds")
     if cfg.timeout is not None and cfg.timeout <= 0:
         raise UserError(f"must be > 0 seconds, got {cfg.timeout}", file=f, key="timeout")
     for k in cfg.reference_point:
@@ -433,8 +450,13 @@ def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     from archsearch.study.samplers import make_sampler
 
     make_sampler(s, space, file=f)
-    return Study(cfg=cfg, file=path, space=space, objectives=list(cfg.objectives), constraints=constraints,
-                 overrides=overrides)
+    study = Study(cfg=cfg, file=path, space=space, objectives=list(cfg.objectives), constraints=constraints,
+                  overrides=overrides)
+    if cfg.fidelity is not None:
+        from archsearch.fidelity.in_study import validate_section
+
+        validate_section(study)
+    return study
 
 
 def load_ablation(path: str | Path, overrides: list[str] | None = None):
