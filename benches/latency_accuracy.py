@@ -28,17 +28,23 @@ from archsearch.latency.units import enumerate_units
 from archsearch.space import SearchSpace
 
 
-def setting_name(latent: int, threads: int, clock: str) -> str:
-    return f"L{latent}-t{threads}-{clock}"
+def setting_name(latent: int, threads: int, clock: str, device: str = "cpu", dtype: str = "float32",
+                 compile: bool = False) -> str:
+    extra = "" if (device, dtype, compile) == ("cpu", "float32", False) else \
+        f"-{device.replace(':', '')}-{dtype}{'-compile' if compile else ''}"
+    return f"L{latent}-t{threads}-{clock}{extra}"
 
 
-def estimate_s(space, latent: int, n: int, anchors: int, cache: dict) -> float:
+def estimate_s(space, latent: int, n: int, anchors: int, cache: dict, device: str = "cpu",
+               dtype: str = "float32") -> float:
     """Calibration + validation seconds: units (0.1 s floor each, and their work: the table spans
     ~units/300 architectures' worth of compute, each timed ~4x) + (anchors + n) x 3 forward passes."""
     if latent not in cache:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            r = measure_latency(space.preset(space.base), "torch", "cpu", latent, threads=1, clock="cpu",
+            cpu = device == "cpu"
+            r = measure_latency(space.preset(space.base), "torch", device, latent, threads=1 if cpu else None,
+                                clock="cpu" if cpu else "wall", dtype=dtype,
                                 policy=TimingPolicy(warmup=1, min_repeats=1, max_repeats=1, min_time_s=0.0),
                                 breakdown=False)
         cache[latent] = (r.median_ms / 1e3, len(enumerate_units(space, latent)))
@@ -55,24 +61,27 @@ def main(argv=None):
     ap.add_argument("--clocks", nargs="+", default=["wall", "cpu"])
     ap.add_argument("--n", type=int, default=20, help="held-out architectures per setting (default 20)")
     ap.add_argument("--anchors", type=int, default=4, help="calibration anchors (the calibrate default, 4)")
+    ap.add_argument("--device", default="cpu", help="torch device (cuda: threads and --clocks cpu do not apply)")
+    ap.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16")
+    ap.add_argument("--compile", action="store_true", help="time torch.compile'd units and networks")
     ap.add_argument("--estimate-only", action="store_true", help="print the estimate and stop")
     a = ap.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     space = SearchSpace.load(a.space)
-    settings = [(L, default_threads() if t == "all" else int(t), c) for L in a.latents for t in a.threads
-                for c in a.clocks]
+    settings = [(L, default_threads() if t == "all" else int(t), c, a.device, a.dtype, a.compile)
+                for L in a.latents for t in a.threads for c in a.clocks]
     pending = [s for s in settings if not (out / f"{setting_name(*s)}.json").is_file()]
     cache: dict = {}
-    est = {s: estimate_s(space, s[0], a.n, a.anchors, cache) for s in pending}
+    est = {s: estimate_s(space, s[0], a.n, a.anchors, cache, a.device, a.dtype) for s in pending}
     print(f"{len(settings)} settings, {len(settings) - len(pending)} already done; estimated "
-          f"{sum(est.values()) / 60:.0f} min for the rest (1-thread CPU time; a wall clock on a busy machine "
-          f"takes longer): " + ", ".join(f"{setting_name(*s)} ~{v / 60:.0f} min" for s, v in est.items()), flush=True)
+          f"{sum(est.values()) / 60:.0f} min for the rest (on a CPU: from 1-thread CPU time, a wall clock on "
+          f"a busy machine takes longer): " + ", ".join(f"{setting_name(*s)} ~{v / 60:.0f} min" for s, v in est.items()), flush=True)
     if a.estimate_only:
         return 0
-    for L, t, c in pending:
-        name = setting_name(L, t, c)
-        be = get_backend("torch", "cpu", threads=t, clock=c)
+    for L, t, c, *_ in pending:
+        name = setting_name(L, t, c, a.device, a.dtype, a.compile)
+        be = get_backend("torch", a.device, threads=t, clock=c, dtype=a.dtype, mode="compile" if a.compile else "eager")
         load0 = os.getloadavg()[0]
         t0 = time.perf_counter()
         with warnings.catch_warnings():
@@ -82,7 +91,7 @@ def main(argv=None):
             t1 = time.perf_counter()
             rep = validate(space, table.path, be, n=a.n, out=out / f"{name}.measured.jsonl", progress=False,
                            policy=VALIDATE_POLICY)
-        res = {"setting": name, "latent_size": L, "threads": t, "clock": c, **rep.summary(),
+        res = {"setting": name, "latent_size": L, **rep.summary(),
                "calibrate_s": round(table.seconds, 1), "calibrate_s_this_run": round(t1 - t0, 1),
                "validate_s": round(time.perf_counter() - t1, 1), "units": len(table.entries),
                "loadavg_1m_start": round(load0, 2), "loadavg_1m_end": round(os.getloadavg()[0], 2),
@@ -92,7 +101,7 @@ def main(argv=None):
                                               "spearman", "calibrate_s", "validate_s", "loadavg_1m_end")}), flush=True)
     rows = [json.loads((out / f"{setting_name(*s)}.json").read_text()) for s in settings
             if (out / f"{setting_name(*s)}.json").is_file()]
-    print(f"\n{space.path.name}, torch cpu, {a.n} held-out architectures per setting, default calibration\n")
+    print(f"\n{space.path.name}, torch {a.device} {a.dtype}{' compile' if a.compile else ''}, {a.n} held-out architectures per setting, default calibration\n")
     print("| latent | threads | clock | median \\|err\\| | bias | within 10% | within 5% | Spearman | calibrate s "
           "| load avg |\n|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -317,3 +317,18 @@ def test_study_latency_setting_must_match_the_table(tiny_table):
                     file="s.yaml")
     check_table(LatencyCfg(mode="table", path=str(path), threads=2, allow_mismatch=True), target, space,
                 file="s.yaml")
+
+
+def test_half_precision_tables_use_the_same_method(tmp_path):
+    """What a CUDA fp16/bf16 table runs, on the CPU: units and anchors in bf16, validated the same way;
+    a float32 setting refuses the table."""
+    (tmp_path / "space.yaml").write_text(TINY_UNET_SPACE)
+    be = get_backend("torch", "cpu", threads=1, dtype="bfloat16")
+    t = calibrate(tmp_path / "space.yaml", be, tmp_path / "bf16.jsonl", latent_size=8, context_len=4, anchors=2,
+                  policy=QUICK, progress=False)
+    assert t.header["dtype"] == "bfloat16" and t.header["calib_latent"] == 8 and len(t.anchors) == 2
+    rep = validate(tmp_path / "space.yaml", t.path, be, n=2, policy=QUICK, progress=False)
+    assert rep.dtype == "bfloat16" and rep.n == 2 and rep.scatter
+    with pytest.raises(UserError, match="dtype='bfloat16', not 'float32'"):
+        validate(tmp_path / "space.yaml", t.path, get_backend("torch", "cpu", threads=1), n=2, policy=QUICK,
+                 progress=False)
