@@ -332,3 +332,21 @@ def test_half_precision_tables_use_the_same_method(tmp_path):
     with pytest.raises(UserError, match="dtype='bfloat16', not 'float32'"):
         validate(tmp_path / "space.yaml", t.path, get_backend("torch", "cpu", threads=1), n=2, policy=QUICK,
                  progress=False)
+
+
+def test_e2e_validation_is_steps_times_unet_plus_decoder(tiny_table, tmp_path):
+    d, path = tiny_table
+    (tmp_path / "d.yaml").write_text(TINY_DECODER_SPACE)
+    be = get_backend("torch", "cpu", threads=1)
+    dec = calibrate(tmp_path / "d.yaml", be, tmp_path / "d.jsonl", latent_size=8, anchors=1, policy=QUICK,
+                    progress=False)
+    rep = validate(d / "space.yaml", path, be, n=3, policy=QUICK, progress=False, record=False, partner=dec.path,
+                   steps=4, partner_preset="small", partner_space=tmp_path / "d.yaml")
+    e = rep.e2e
+    assert e["steps"] == 4 and e["partner_preset"] == "small" and e["partner_measured_ms"] > 0
+    want = [(4 * r["predicted_ms"] + e["partner_predicted_ms"] - 4 * r["measured_ms"] - e["partner_measured_ms"])
+            / (4 * r["measured_ms"] + e["partner_measured_ms"]) * 100 for r in rep.rows]
+    assert e["bias_pct"] == pytest.approx(np.mean(want)) and "within_10_pct" in e
+    with pytest.raises(UserError, match="calibrated for the unet space"):  # a UNet table is no decoder partner
+        validate(d / "space.yaml", path, be, n=1, policy=QUICK, progress=False, record=False, partner=path,
+                 partner_preset="small", partner_space=tmp_path / "d.yaml")

@@ -34,6 +34,11 @@ def add_arguments(p):
     p.add_argument("--seed", type=int, default=1234, help="sampling seed of the held-out set (default 1234)")
     p.add_argument("--shard", default="0/1", help="with --validate: measure only architectures i %% N == K (K/N), "
                                                   "for several processes sharing -o")
+    p.add_argument("--partner", metavar="TABLE", help="with --validate: a table of the other network's space; "
+                                                      "also validates e2e latency = steps x UNet + decoder")
+    p.add_argument("--steps", type=int, default=8, help="sampling steps of the e2e latency (default 8)")
+    p.add_argument("--partner-preset", help="the other network (default: tiny decoder / snapgen-t2i UNet)")
+    p.add_argument("--partner-space", help="the space holding --partner-preset (default: the shipped one)")
     p.add_argument("--allow-mismatch", action="store_true", help="with --validate: measure at this backend setting "
                                                                  "even if the table was calibrated at another")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -65,7 +70,8 @@ def run(args):
             pol = replace(VALIDATE_POLICY, min_repeats=args.repeats, max_repeats=args.repeats)
             rep = validate(space, args.validate, backend, n=args.n, seed=args.seed, out=args.out, policy=pol,
                            progress=not args.no_progress, context_len=args.context_len, shard=(k, m),
-                           allow_mismatch=args.allow_mismatch)
+                           allow_mismatch=args.allow_mismatch, partner=args.partner, steps=args.steps,
+                           partner_preset=args.partner_preset, partner_space=args.partner_space)
             if args.json:
                 print(json.dumps(rep.to_dict()))
                 return 0
@@ -81,6 +87,11 @@ def run(args):
                   f"Spearman {rep.spearman:.3f};  lookup {rep.predict_ms_per_trial:.2f} ms/trial")
             print("  worst: " + ", ".join(f"#{w['index']} {w['pct_error']:+.1f}%" for w in rep.worst)
                   + f";  anchor correction x{rep.anchor_scale:.3f}")
+            if rep.e2e:
+                e = rep.e2e
+                print(f"  e2e ({e['steps']} steps x UNet + decoder, partner {e['partner_preset']}: predicted "
+                      f"{e['partner_predicted_ms']:.1f} / measured {e['partner_measured_ms']:.1f} ms): median |error| "
+                      f"{e['median_abs_pct_error']:.1f}%, bias {e['bias_pct']:+.1f}%, within 10%: {e['within_10_pct']:.0f}%")
             if rep.scatter:
                 print(f"  scatter: {rep.scatter}; summary appended to {args.validate}")
             return 0

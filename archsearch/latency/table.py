@@ -454,6 +454,7 @@ class ValidationReport:
     clock: str
     anchor_scale: float  # the table's measured / sum-of-units correction (1: none)
     worst: list[dict[str, Any]] = field(default_factory=list)  # the 3 largest |errors|
+    e2e: dict[str, Any] | None = None  # steps x UNet + decoder, with the partner table (error_stats and more)
     scatter: str | None = None  # predicted-vs-measured Plotly HTML
     rows: list[dict[str, Any]] = field(default_factory=list)
 
@@ -501,14 +502,19 @@ def write_scatter(rows: list[dict], path: str | Path, title: str) -> Path:
 def validate(space, table_path: str | Path, backend: Backend, *, n: int = 20, seed: int = 1234,
              out: str | Path | None = None, policy: TimingPolicy | None = None, progress: bool = True,
              context_len: int | None = None, shard: tuple[int, int] = (0, 1), allow_mismatch: bool = False,
-             record: bool = True) -> ValidationReport:
+             record: bool = True, partner: str | Path | None = None, steps: int = 8,
+             partner_preset: str | None = None, partner_space=None) -> ValidationReport:
     """Compare table predictions with end-to-end measurements on ``n`` random held-out
     architectures of ``space`` (``space.sample_random``, skipping the table's anchors), at the
     table's latent size. With ``out``, each measured architecture is appended there and skipped
     when re-run; ``shard=(k, n)`` measures only architectures ``i % n == k`` (several processes
     sharing ``out``; a last run without a shard reports all of them). A complete run at the table's
     own setting (``record``) appends its summary to the table and writes the scatter beside it
-    (``TABLE.validation.html``)."""
+    (``TABLE.validation.html``).
+
+    With ``partner`` (a table of the other network's space), the end-to-end latency
+    ``steps x UNet + decoder`` is validated too: the partner is ``partner_preset`` (default: the
+    study target's, ``tiny`` or ``snapgen-t2i``), predicted from its table and measured once."""
     from snapgen.progress import progress as progress_bar
 
     space = _load_space(space)
@@ -557,6 +563,8 @@ def validate(space, table_path: str | Path, backend: Backend, *, n: int = 20, se
         if fh:
             fh.close()
     bd = backend.describe()
+    e2e = (_e2e(rows, lm, backend, partner, steps, partner_preset, partner_space, context_len, policy)
+           if partner and rows else None)
     worst = sorted(rows, key=lambda r: -abs(r["pct_error"]))[:3]
     rep = ValidationReport(n=len(rows), **error_stats([r["predicted_ms"] for r in rows],
                                                       [r["measured_ms"] for r in rows]),
@@ -564,7 +572,7 @@ def validate(space, table_path: str | Path, backend: Backend, *, n: int = 20, se
                            **{k: bd[k] for k in ("backend", "device", "mode", "threads", "dtype", "clock")},
                            anchor_scale=lm.table.anchor_scale,
                            worst=[{k: r[k] for k in ("index", "spec_key", "predicted_ms", "measured_ms", "pct_error")}
-                                  for r in worst], rows=rows)
+                                  for r in worst], e2e=e2e, rows=rows)
     if record and len(rows) == n and not mismatched:
         tp = Path(table_path)
         rep.scatter = str(write_scatter(rows, tp.with_suffix(".validation.html"),
@@ -574,3 +582,29 @@ def validate(space, table_path: str | Path, backend: Backend, *, n: int = 20, se
             f.write(json.dumps({"validation": {**rep.summary(), "seed": seed,
                                                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}) + "\n")
     return rep
+
+
+def _e2e(rows, lm: LatencyModel, backend: Backend, partner, steps: int, preset: str | None, pspace, context_len,
+         policy):
+    """End-to-end errors: each validated network with the partner preset (predicted from its table,
+    measured once): ``steps x UNet + decoder``."""
+    from snapgen.presets import DEFAULT_DECODER_SPACE, DEFAULT_UNET_SPACE, load_decoder_preset, load_preset
+
+    if steps < 1:
+        raise UserError(f"must be >= 1, got {steps}", key="--steps")
+    unet = lm.table.header["space"]["kind"] == "unet"
+    want = "decoder" if unet else "unet"
+    space = _load_space(pspace or (DEFAULT_DECODER_SPACE if unet else DEFAULT_UNET_SPACE))
+    if space.kind != want:
+        raise UserError(f"a {lm.table.header['space']['kind']} table's partner is a {want} space", key="--partner-space")
+    pm = LatencyModel.from_table(partner, space, {**backend.describe(), "latent_size": lm.latent_size})
+    preset = preset or ("tiny" if unet else "snapgen-t2i")
+    spec = (load_decoder_preset if unet else load_preset)(space.path, preset)
+    p_pred = pm.predict(spec)
+    p_meas = measure_latency(spec, backend, latent_size=lm.latent_size, context_len=context_len or lm.context_len,
+                             policy=policy or VALIDATE_POLICY, breakdown=False).median_ms
+    k_net, k_p = (steps, 1) if unet else (1, steps)
+    pred = [k_net * r["predicted_ms"] + k_p * p_pred for r in rows]
+    meas = [k_net * r["measured_ms"] + k_p * p_meas for r in rows]
+    return {"steps": steps, "partner": str(partner), "partner_preset": preset, "partner_predicted_ms": p_pred,
+            "partner_measured_ms": p_meas, **error_stats(pred, meas)}
