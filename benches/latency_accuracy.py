@@ -37,19 +37,23 @@ def setting_name(latent: int, threads: int, clock: str, device: str = "cpu", dty
 
 def estimate_s(space, latent: int, n: int, anchors: int, cache: dict, device: str = "cpu",
                dtype: str = "float32") -> float:
-    """Calibration + validation seconds: units (0.1 s floor each, and their work: the table spans
-    ~units/300 architectures' worth of compute, each timed ~4x) + (anchors + n) x 3 forward passes."""
+    """Rough calibration + validation seconds from one forward pass of the base preset: each unit
+    is timed for max(0.1 s, ~3 calls) of the base's mean unit cost, x2 for the space's heavier
+    options; then (anchors + n) x 3 forward passes."""
+    from archsearch.latency.units import units_of
+
     if latent not in cache:
+        base = space.preset(space.base)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             cpu = device == "cpu"
-            r = measure_latency(space.preset(space.base), "torch", device, latent, threads=1 if cpu else None,
+            r = measure_latency(base, "torch", device, latent, threads=1 if cpu else None,
                                 clock="cpu" if cpu else "wall", dtype=dtype,
                                 policy=TimingPolicy(warmup=1, min_repeats=1, max_repeats=1, min_time_s=0.0),
                                 breakdown=False)
-        cache[latent] = (r.median_ms / 1e3, len(enumerate_units(space, latent)))
-    fwd, units = cache[latent]
-    return units * 0.1 + units / 300 * fwd * 4 + (anchors + n) * 3 * fwd
+        cache[latent] = (r.median_ms / 1e3, len(enumerate_units(space, latent)), len(units_of(base, latent)))
+    fwd, units, per_arch = cache[latent]
+    return units * max(0.1, 2 * 3 * fwd / per_arch) + (anchors + n) * 3 * fwd
 
 
 def main(argv=None):
@@ -91,10 +95,14 @@ def main(argv=None):
             t1 = time.perf_counter()
             rep = validate(space, table.path, be, n=a.n, out=out / f"{name}.measured.jsonl", progress=False,
                            policy=VALIDATE_POLICY)
+        loads = [x for x in [r.get("loadavg_1m") for r in rep.rows] +
+                 [v.get("loadavg_1m") for v in table.anchors.values()] if x is not None]
         res = {"setting": name, "latent_size": L, **rep.summary(),
                "calibrate_s": round(table.seconds, 1), "calibrate_s_this_run": round(t1 - t0, 1),
                "validate_s": round(time.perf_counter() - t1, 1), "units": len(table.entries),
                "loadavg_1m_start": round(load0, 2), "loadavg_1m_end": round(os.getloadavg()[0], 2),
+               # the load while the anchors and held-out architectures were measured (they may be from an earlier run)
+               "loadavg_1m_measured": [min(loads), max(loads)] if loads else None,
                "machine": table.header["machine"]}
         (out / f"{name}.json").write_text(json.dumps(res, indent=1))
         print(json.dumps({k: res[k] for k in ("setting", "median_abs_pct_error", "bias_pct", "within_10_pct",
@@ -103,11 +111,11 @@ def main(argv=None):
             if (out / f"{setting_name(*s)}.json").is_file()]
     print(f"\n{space.path.name}, torch {a.device} {a.dtype}{' compile' if a.compile else ''}, {a.n} held-out architectures per setting, default calibration\n")
     print("| latent | threads | clock | median \\|err\\| | bias | within 10% | within 5% | Spearman | calibrate s "
-          "| load avg |\n|---|---|---|---|---|---|---|---|---|---|")
+          "| load avg (measuring) |\n|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['latent_size']} | {r['threads']} | {r['clock']} | {r['median_abs_pct_error']:.1f}% | "
               f"{r['bias_pct']:+.1f}% | {r['within_10_pct']:.0f}% | {r['within_5_pct']:.0f}% | {r['spearman']:.3f} | "
-              f"{r['calibrate_s']:.0f} | {r['loadavg_1m_start']:.1f}-{r['loadavg_1m_end']:.1f} |")
+              f"{r['calibrate_s']:.0f} | {'-'.join(f'{x:.1f}' for x in r['loadavg_1m_measured'] or [])} |")
     return 0
 
 

@@ -350,3 +350,26 @@ def test_e2e_validation_is_steps_times_unet_plus_decoder(tiny_table, tmp_path):
     with pytest.raises(UserError, match="calibrated for the unet space"):  # a UNet table is no decoder partner
         validate(d / "space.yaml", path, be, n=1, policy=QUICK, progress=False, record=False, partner=path,
                  partner_preset="small", partner_space=tmp_path / "d.yaml")
+
+
+def test_units_are_timed_in_the_layout_their_network_runs(tmp_path):
+    """The tiny decoder runs channels-last: its units are timed channels-last (alone in NCHW, a
+    separable conv pays two layout conversions the network never does); UNet units stay NCHW."""
+    seen = {}
+    for kind, text in (("decoder", TINY_DECODER_SPACE), ("unet", TINY_UNET_SPACE)):
+        (tmp_path / f"{kind}.yaml").write_text(text)
+        be = get_backend("torch", "cpu", threads=1)
+        prepare = be.prepare
+        layouts = []
+
+        def spy(module, inputs, names=None, _layouts=layouts, _prepare=prepare):
+            if names is None:  # a unit (whole networks come with input names)
+                _layouts += [x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+                             for x in inputs if x is not None and x.dim() == 4 and x.shape[-1] > 1]
+            return _prepare(module, inputs, names)
+
+        be.prepare = spy
+        calibrate(tmp_path / f"{kind}.yaml", be, tmp_path / f"{kind}.jsonl", latent_size=4 if kind == "decoder" else 8,
+                  context_len=4, anchors=0, policy=QUICK, progress=False)
+        seen[kind] = set(layouts)
+    assert seen == {"decoder": {True}, "unet": {False}}

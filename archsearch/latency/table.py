@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from archsearch.latency.backends import Backend, get_backend, machine_info
 from archsearch.latency.measure import measure_latency
@@ -299,7 +300,8 @@ def _header(space, backend: Backend, latent_size: int, calib_latent: int, contex
             "machine": machine_info(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def _measure_unit(unit: dict, latent: int, target: int, backend: Backend, policy: TimingPolicy) -> dict:
+def _measure_unit(unit: dict, latent: int, target: int, backend: Backend, policy: TimingPolicy,
+                  channels_last: bool = False) -> dict:
     f = latent / target
     if unit["u"] in ("sdpa", "qknorm"):
         u = unit if unit.get("fixed") else dict(unit, n=int(round(unit["n"] * f * f)))
@@ -309,6 +311,8 @@ def _measure_unit(unit: dict, latent: int, target: int, backend: Backend, policy
         u = unit
     with torch_threads(backend.threads):
         module, inputs = build_unit(u, h, w)
+        if channels_last:  # in the layout the network runs it in: timed alone in NCHW, a unit lies
+            inputs = tuple(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in inputs)
         prep = backend.prepare(module, inputs)
     if prep.fn is None:
         raise UserError(f"the {backend.name} backend cannot time on this machine: {prep.note}", key="--backend")
@@ -418,7 +422,9 @@ def calibrate(space, backend: Backend, out: str | Path, *, latent_size: int = 12
                 else:
                     bar.set_postfix_str(u["u"], refresh=False)
                     at = latent_size if (what == "probe" or u["u"] in AT_TARGET) else calib_latent
-                    row = {what: key_of(u), **_measure_unit(u, at, latent_size, backend, policy)}
+                    # the tiny decoder runs channels-last (snapgen/decoder.py), the UNet channels-first
+                    row = {what: key_of(u), **_measure_unit(u, at, latent_size, backend, policy,
+                                                            channels_last=space.kind == "decoder")}
                     (table.entries if what == "key" else table.probes)[key_of(u)] = row
                 f.write(json.dumps(row) + "\n")
                 f.flush()
