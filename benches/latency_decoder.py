@@ -1,11 +1,12 @@
-"""The tiny decoder (and the UNet's separable convs) before and after the channels-last kernels,
-measured side by side in one run, next to the SD3 decoder. Not a test: prints a Markdown table.
+"""The tiny decoder before and after running channels-last, measured side by side in one run, next
+to the SD3 decoder; and the UNets fed a channels-last input (what running them channels-last
+throughout would give). Not a test: prints a Markdown table.
 
     python benches/latency_decoder.py [--latent 32] [--threads N] [--clock wall] [--repeats 3]
                                       [--unets a,f] [--unet-latent 32] [--profile] [--out results.json]
 
-"before" runs the code as it was: nn.Sequential's own forward for the separable convs (NCHW) and
-the NCHW TinyDecoder.forward, patched in for the measurement only; "after" is the shipped code.
+"before" runs the code as it was: the NCHW TinyDecoder.forward, patched in for the measurement only;
+"after" is the shipped code. For the UNets, "before" is the NCHW input, "after" a channels-last one.
 Before/after/SD3 are interleaved round by round (median per model), so load changes hit them alike.
 ``--profile`` prints torch.profiler's per-operator table of the tiny decoder, before and after.
 """
@@ -21,13 +22,11 @@ from unittest import mock
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from archsearch.latency.models import build_module, example_inputs
 from archsearch.latency.timing import torch_threads
 from snapgen.blocks import CONV
-from snapgen.blocks.conv import _ChannelsLast
 from snapgen.decoder import TinyDecoder
 from snapgen.presets import load_decoder_preset, load_preset
 
@@ -42,8 +41,7 @@ def _nchw_decoder_forward(self, z):
 @contextlib.contextmanager
 def before():
     """The NCHW code paths this change replaced."""
-    with mock.patch.object(_ChannelsLast, "forward", nn.Sequential.forward), \
-            mock.patch.object(TinyDecoder, "forward", _nchw_decoder_forward):
+    with mock.patch.object(TinyDecoder, "forward", _nchw_decoder_forward):
         yield
 
 
@@ -71,10 +69,14 @@ def main(argv=None):
         if st.conv != "regular":  # one stage-0 conv of the UNet at the full 128x128 latent
             conv = CONV.build(st.conv, st.channels, st.channels, expansion=st.conv_expansion).eval()
             models[f"unet-{name} {st.conv} conv {st.channels}ch @128"] = (spec, conv, (torch.randn(1, st.channels, 128, 128),))
+    cl = lambda x: x.contiguous(memory_format=torch.channels_last) if x is not None and x.dim() == 4 else x  # noqa: E731
     runs = [(n, b) for n in models for b in ((True, False) if n != "sd3" else (False,))]
 
     def call(name, old):
         _, m, x = models[name]
+        if name.startswith("unet"):  # the model is unchanged: NCHW (before) vs channels-last input (after)
+            with torch.inference_mode():
+                return m(*(x if old else tuple(cl(t) for t in x)))
         with before() if old else contextlib.nullcontext(), torch.inference_mode():
             return m(*x)
 
@@ -106,6 +108,7 @@ def main(argv=None):
            "sd3_over_tiny_after": ms[("sd3", False)] / ms[("tiny", False)]}
     print(f"\n{a.threads} thread(s), {a.clock} clock, median of {a.repeats} interleaved rounds, load avg "
           f"{res['loadavg_1m_start']}-{res['loadavg_1m_end']}\n")
+    print("UNets: before = NCHW input, after = channels-last input (the model is unchanged)\n")
     print("| model | latent | before ms | after ms | speed-up |\n|---|---|---|---|---|")
     for n in models:
         lat = a.latent if n in ("tiny", "sd3") else (128 if "@128" in n else a.unet_latent)

@@ -1,13 +1,6 @@
-"""Convolution types of the search space: ``regular``, ``separable`` and ``expanded_separable``.
-
-The separable ones run channels-last (NHWC): PyTorch's CPU depthwise and 1x1 kernels (oneDNN) are
-2-3x faster in that layout than in NCHW (docs/latency.md, benches/latency_decoder.py). A
-channels-first input is converted in and the output back, so the layout a caller sees does not
-change; a channels-last network (the tiny decoder) pays no conversion at all.
-"""
+"""Convolution types of the search space: ``regular``, ``separable`` and ``expanded_separable``."""
 from __future__ import annotations
 
-import torch
 import torch.nn as nn
 
 from snapgen.blocks.registry import CONV
@@ -18,14 +11,7 @@ def regular_conv(cin: int, cout: int, kernel: int = 3, stride: int = 1, expansio
     return nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2)
 
 
-class _ChannelsLast(nn.Sequential):
-    def forward(self, x):
-        cl = torch.channels_last
-        y = super().forward(x.contiguous(memory_format=cl))
-        return y if x.is_contiguous(memory_format=cl) else y.contiguous()
-
-
-class SeparableConv(_ChannelsLast):
+class SeparableConv(nn.Sequential):
     """Depthwise k x k followed by pointwise 1 x 1 (MobileNet's SepConv)."""
 
     def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, expansion: float = 2.0):
@@ -35,7 +21,7 @@ class SeparableConv(_ChannelsLast):
         )
 
 
-class ExpandedSeparableConv(_ChannelsLast):
+class ExpandedSeparableConv(nn.Sequential):
     """Depthwise -> pointwise expanding to ``expansion * cout`` -> SiLU -> pointwise back to ``cout``.
 
     The paper's step (c) (UIB-like). The expansion is taken relative to the *output* width:
