@@ -20,7 +20,8 @@ Calibration appends as it goes and skips keys already present, so an interrupted
 
 Prediction: sum over an architecture's units (:func:`~archsearch.latency.units.units_of`) of
 ``ms`` at the target, times ``anchor_scale``: units timed alone run a few percent slower than
-inside the network, and the anchors fix the ratio (the median of measured / sum). By default units are timed at the target latent; with a
+inside the network, and the anchors fix the ratio (the median of measured / sum). By default
+units are timed at the target latent; with a
 smaller ``calib_latent`` a unit is scaled by the pixel ratio ``(latent_size / calib_latent)**2``
 (``scaling: probes`` tables also apply a per-class correction, the median probe ratio); attention
 cores are always timed at the target.
@@ -602,7 +603,8 @@ def _e2e(rows, lm: LatencyModel, backend: Backend, partner, steps: int, preset: 
     want = "decoder" if unet else "unet"
     space = _load_space(pspace or (DEFAULT_DECODER_SPACE if unet else DEFAULT_UNET_SPACE))
     if space.kind != want:
-        raise UserError(f"a {lm.table.header['space']['kind']} table's partner is a {want} space", key="--partner-space")
+        raise UserError(f"a {lm.table.header['space']['kind']} table's partner is a {want} space",
+                        key="--partner-space")
     pm = LatencyModel.from_table(partner, space, {**backend.describe(), "latent_size": lm.latent_size})
     preset = preset or ("tiny" if unet else "snapgen-t2i")
     spec = (load_decoder_preset if unet else load_preset)(space.path, preset)
