@@ -6,8 +6,10 @@
 #   3. the CUDA-marked tests (pytest -m cuda)
 #   4. benches/proxy_throughput.py --device cuda   (engine vs bare PyTorch loop, fp32)
 #   5. benches/proxy_mfu.py --device cuda          (MFU under bf16 autocast, against a bf16 matmul)
+#   6. benches/latency_accuracy.py --device cuda   (a UNet-space lookup table calibrated with the
+#      defaults and validated on 10 held-out architectures, latent 32, fp16 eager)
 # then one summary (also when a step fails or times out). Each step has its own time limit; the
-# limits add up to 470 s, so the whole check stays under 8 minutes. Logs and summary.txt:
+# limits add up to 710 s, so the whole check stays under 12 minutes. Logs and summary.txt:
 # $OUT/<step>.log (default gpu-check-out/).
 #
 #   bash scripts/gpu_check.sh            # OUT=dir, PYTHON=python3 to override
@@ -42,7 +44,7 @@ step() {
   tail -n 5 "$OUT/$name.log" >&2 || true
   return 0
 }
-NOTE_PATTERN='passed|failed|skipped|error|ratio|MFU|img/s \||cuda|missing|installed|absent'
+NOTE_PATTERN='passed|failed|skipped|error|ratio|MFU|img/s \||cuda|missing|installed|absent|"setting"'
 
 summary() {
   local total=$(( $(date +%s) - START ))
@@ -93,3 +95,6 @@ step tests 240 "$PY" -m pytest -o addopts="-ra" -m cuda -q tests/
 # on the values, and the default assets' cold build would take minutes of the budget)
 step throughput 60 "$PY" benches/proxy_throughput.py --device cuda --data synthetic --steps 200 --rounds 4
 step mfu 60 "$PY" benches/proxy_mfu.py --device cuda --precision auto --data synthetic --steps 200 --rounds 3
+# 6. a lookup table on the GPU, same method as on the CPU (units at the target latent, anchors), validated
+step latency 240 "$PY" benches/latency_accuracy.py --device cuda --dtype float16 --latents 32 --threads all \
+  --clocks wall --n 10 --out "$OUT/latency"

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -18,6 +20,7 @@ from archsearch.space import SearchSpace
 from snapgen.decoder import DecoderSpec, TinyDecoder
 from snapgen.errors import UserError
 from snapgen.presets import load_preset
+from snapgen.spec import ArchSpec
 from snapgen.unet import SnapGenUNet
 
 from conftest import TINY_UNET_SPACE
@@ -230,3 +233,143 @@ def test_decoder_space_table(tmp_path):
     assert all(lm.predict(s) > 0 for s in space.sample_random(3, seed=0))
     with pytest.raises(UserError, match="cannot predict a unet"):
         lm.predict(load_preset(None, "a"))
+
+
+def test_anchors_fix_the_ratio_prediction_is_scaled_by(tiny_table):
+    from archsearch.latency.units import units_of
+
+    d, path = tiny_table
+    t = LatencyTable.read(path)
+    assert len(t.anchors) == 4 and all(a["measured_ms"] > 0 for a in t.anchors.values())
+    space = SearchSpace.load(d / "space.yaml")
+    lm = LatencyModel.from_table(path, space)
+    raw = lambda spec: sum(t.unit_ms(key_of(u), {}) for _, u in units_of(spec, 8, 4))  # noqa: E731
+    # The correction is the anchors' median of measured / (sum of their units).
+    ratios = [a["measured_ms"] / raw(ArchSpec.from_dict(a["spec"])) for a in t.anchors.values()]
+    assert t.anchor_scale == pytest.approx(float(np.median(ratios))) and t.anchor_scale != 1.0
+    spec = space.sample_random(1, seed=7)[0]
+    assert lm.predict(spec) == pytest.approx(raw(spec) * t.anchor_scale)
+    # Without anchors (or an interrupted table whose anchors miss units) the sum is left alone.
+    lines = [x for x in path.read_text().splitlines() if '"anchor"' not in x]
+    bare = d / "bare.jsonl"
+    bare.write_text("\n".join(lines) + "\n")
+    assert LatencyTable.read(bare).anchor_scale == 1.0
+    assert LatencyModel.from_table(bare).predict(spec) == pytest.approx(raw(spec))
+
+
+def test_validation_reports_bias_shares_worst_and_a_scatter(tiny_table, tmp_path):
+    d, path = tiny_table
+    table = tmp_path / "t.jsonl"
+    table.write_text(path.read_text())
+    rep = validate(d / "space.yaml", table, get_backend("torch", "cpu", threads=1), n=4, seed=0, policy=QUICK,
+                   progress=False)
+    errs = [r["pct_error"] for r in rep.rows]
+    assert rep.bias_pct == pytest.approx(np.mean(errs))
+    assert rep.within_10_pct == pytest.approx(100 * np.mean(np.abs(errs) <= 10))
+    assert rep.within_5_pct == pytest.approx(100 * np.mean(np.abs(errs) <= 5))
+    assert [w["pct_error"] for w in rep.worst] == sorted(errs, key=lambda e: -abs(e))[:3]
+    html = Path(rep.scatter).read_text()
+    assert Path(rep.scatter).name == "t.validation.html" and "plotly" in html.lower() and "measured ms" in html
+    # The table now carries its validation summary; the model describes it.
+    v = LatencyTable.read(table).validation
+    assert v["bias_pct"] == rep.bias_pct and v["within_10_pct"] == rep.within_10_pct and v["threads"] == 1
+    assert LatencyModel.from_table(table).describe()["validation"]["n"] == 4
+    # Validation never measures an anchor.
+    anchors = set(LatencyTable.read(table).anchors)
+    assert not anchors & {r["spec_key"] for r in rep.rows}
+
+
+def test_a_table_refuses_another_setting_unless_allowed(tiny_table, tmp_path, capsys):
+    d, path = tiny_table
+    space = SearchSpace.load(d / "space.yaml")
+    for setting, word in (({"threads": 2}, "threads=1"), ({"clock": "cpu"}, "clock='wall'"),
+                          ({"latent_size": 16}, "latent_size=8"), ({"device": "cuda"}, "device='cpu'")):
+        with pytest.raises(UserError, match=word) as e:
+            LatencyModel.from_table(path, space, setting)
+        assert "allow" in e.value.line() and "\n" not in e.value.line()
+        LatencyModel.from_table(path, space, setting, allow_mismatch=True)
+    LatencyModel.from_table(path, space, {"threads": 1, "clock": None, "latent_size": 8})
+    # validate at another thread count: refused; allowed, it measures but records nothing in the table
+    with pytest.raises(UserError, match="threads=1"):
+        validate(space, path, get_backend("torch", "cpu", threads=2), n=2, policy=QUICK, progress=False)
+    before = path.read_text()
+    rep = validate(space, path, get_backend("torch", "cpu", threads=2), n=2, policy=QUICK, progress=False,
+                   allow_mismatch=True)
+    assert rep.threads == 2 and rep.scatter is None and path.read_text() == before
+    line = run_cli_error(["calibrate", str(d / "space.yaml"), "--threads", "2", "--clock", "cpu", "--validate",
+                          str(path)], capsys)
+    assert "threads=1" in line and "clock='wall'" in line
+
+
+def test_study_latency_setting_must_match_the_table(tiny_table):
+    from archsearch.objectives.latency import check_table
+    from archsearch.study.schema import LatencyCfg, TargetCfg
+
+    d, path = tiny_table
+    space = SearchSpace.load(d / "space.yaml")
+    target = TargetCfg(latent_size=8, context_len=4)
+    check_table(LatencyCfg(mode="table", path=str(path), threads=1), target, space, file="s.yaml")
+    with pytest.raises(UserError, match="threads=1, not 2") as e:
+        check_table(LatencyCfg(mode="table", path=str(path), threads=2), target, space, file="s.yaml")
+    assert e.value.key == "latency.path"
+    with pytest.raises(UserError, match="latent_size=8, not 16"):
+        check_table(LatencyCfg(mode="table", path=str(path)), TargetCfg(latent_size=16, context_len=4), space,
+                    file="s.yaml")
+    check_table(LatencyCfg(mode="table", path=str(path), threads=2, allow_mismatch=True), target, space,
+                file="s.yaml")
+
+
+def test_half_precision_tables_use_the_same_method(tmp_path):
+    """What a CUDA fp16/bf16 table runs, on the CPU: units and anchors in bf16, validated the same way;
+    a float32 setting refuses the table."""
+    (tmp_path / "space.yaml").write_text(TINY_UNET_SPACE)
+    be = get_backend("torch", "cpu", threads=1, dtype="bfloat16")
+    t = calibrate(tmp_path / "space.yaml", be, tmp_path / "bf16.jsonl", latent_size=8, context_len=4, anchors=2,
+                  policy=QUICK, progress=False)
+    assert t.header["dtype"] == "bfloat16" and t.header["calib_latent"] == 8 and len(t.anchors) == 2
+    rep = validate(tmp_path / "space.yaml", t.path, be, n=2, policy=QUICK, progress=False)
+    assert rep.dtype == "bfloat16" and rep.n == 2 and rep.scatter
+    with pytest.raises(UserError, match="dtype='bfloat16', not 'float32'"):
+        validate(tmp_path / "space.yaml", t.path, get_backend("torch", "cpu", threads=1), n=2, policy=QUICK,
+                 progress=False)
+
+
+def test_e2e_validation_is_steps_times_unet_plus_decoder(tiny_table, tmp_path):
+    d, path = tiny_table
+    (tmp_path / "d.yaml").write_text(TINY_DECODER_SPACE)
+    be = get_backend("torch", "cpu", threads=1)
+    dec = calibrate(tmp_path / "d.yaml", be, tmp_path / "d.jsonl", latent_size=8, anchors=1, policy=QUICK,
+                    progress=False)
+    rep = validate(d / "space.yaml", path, be, n=3, policy=QUICK, progress=False, record=False, partner=dec.path,
+                   steps=4, partner_preset="small", partner_space=tmp_path / "d.yaml")
+    e = rep.e2e
+    assert e["steps"] == 4 and e["partner_preset"] == "small" and e["partner_measured_ms"] > 0
+    want = [(4 * r["predicted_ms"] + e["partner_predicted_ms"] - 4 * r["measured_ms"] - e["partner_measured_ms"])
+            / (4 * r["measured_ms"] + e["partner_measured_ms"]) * 100 for r in rep.rows]
+    assert e["bias_pct"] == pytest.approx(np.mean(want)) and "within_10_pct" in e
+    with pytest.raises(UserError, match="calibrated for the unet space"):  # a UNet table is no decoder partner
+        validate(d / "space.yaml", path, be, n=1, policy=QUICK, progress=False, record=False, partner=path,
+                 partner_preset="small", partner_space=tmp_path / "d.yaml")
+
+
+def test_units_are_timed_in_the_layout_their_network_runs(tmp_path):
+    """The tiny decoder runs channels-last: its units are timed channels-last (alone in NCHW, a
+    separable conv pays two layout conversions the network never does); UNet units stay NCHW."""
+    seen = {}
+    for kind, text in (("decoder", TINY_DECODER_SPACE), ("unet", TINY_UNET_SPACE)):
+        (tmp_path / f"{kind}.yaml").write_text(text)
+        be = get_backend("torch", "cpu", threads=1)
+        prepare = be.prepare
+        layouts = []
+
+        def spy(module, inputs, names=None, _layouts=layouts, _prepare=prepare):
+            if names is None:  # a unit (whole networks come with input names)
+                _layouts += [x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+                             for x in inputs if x is not None and x.dim() == 4 and x.shape[-1] > 1]
+            return _prepare(module, inputs, names)
+
+        be.prepare = spy
+        calibrate(tmp_path / f"{kind}.yaml", be, tmp_path / f"{kind}.jsonl", latent_size=4 if kind == "decoder" else 8,
+                  context_len=4, anchors=0, policy=QUICK, progress=False)
+        seen[kind] = set(layouts)
+    assert seen == {"decoder": {True}, "unet": {False}}

@@ -16,9 +16,12 @@ def latency_model(cfg, target, space=None, path=None):
     from archsearch.latency import LatencyModel
 
     path = path or cfg.path
-    if cfg.mode == "table" and path:
-        return LatencyModel.from_table(path, space)
-    return LatencyModel.measuring(backend=cfg.backend, device=cfg.device, context_len=target.context_len)
+    setting = {"backend": cfg.backend, "device": cfg.device, "threads": cfg.threads, "clock": cfg.clock,
+               "latent_size": target.latent_size}
+    if cfg.mode == "table" and path:  # a table calibrated at another setting: refused unless allow_mismatch
+        return LatencyModel.from_table(path, space, setting, allow_mismatch=cfg.allow_mismatch)
+    return LatencyModel.measuring(backend=cfg.backend, device=cfg.device, threads=cfg.threads,
+                                  clock=cfg.clock or "wall", context_len=target.context_len)
 
 
 class LatencyObjective:
@@ -38,13 +41,17 @@ class LatencyObjective:
         if self.cfg.partner_path:
             m = latency_model(self.cfg, self.target, None, path=self.cfg.partner_path)
         else:
-            m = latency_model(type(self.cfg)(mode="measure", backend=self.cfg.backend, device=self.cfg.device),
-                              self.target)
+            m = latency_model(type(self.cfg)(mode="measure", backend=self.cfg.backend, device=self.cfg.device,
+                                             threads=self.cfg.threads, clock=self.cfg.clock), self.target)
         return float(m.predict(spec, self.target.latent_size))
 
     def metrics(self, spec, kind: str, needed) -> dict:
         ms = self.predict(spec)
         out = {"latency_ms": ms}
+        v = self.model.table.validation if self.model.table else None
+        if v:  # how far to trust the number: the table's own held-out validation
+            out.update(latency_table_error_pct=v["median_abs_pct_error"], latency_table_bias_pct=v["bias_pct"],
+                       latency_table_within10_pct=v["within_10_pct"])
         if "e2e_latency_ms" in needed:
             other = self.partner_ms(kind)
             unet_ms, dec_ms = (ms, other) if kind == "unet" else (other, ms)
@@ -59,10 +66,7 @@ def check_table(cfg, target, space, *, file: str) -> None:
     for key, path in (("latency.path", cfg.path), ("latency.partner_path", cfg.partner_path)):
         if not path:
             continue
-        try:
-            m = latency_model(cfg, target, space if key == "latency.path" else None, path=path)
+        try:  # the space, and the setting (target latent, backend, device, threads, clock)
+            latency_model(cfg, target, space if key == "latency.path" else None, path=path)
         except UserError as e:
             raise UserError(f"{e.line()}", file=file, key=key) from None
-        if m.latent_size is not None and m.latent_size != target.latent_size:
-            raise UserError(f"table calibrated for latent {m.latent_size}, the target is {target.latent_size}",
-                            file=file, key=key)

@@ -62,6 +62,9 @@ class LatencyCfg:
     partner_path: Optional[str] = None  # table of the other network for e2e_latency_ms (else measured once)
     backend: str = "torch"
     device: str = "cpu"
+    threads: Optional[int] = None  # a table must have been calibrated with these (None: any); measure mode uses them
+    clock: Optional[str] = None  # wall | cpu
+    allow_mismatch: bool = False  # use a table calibrated at another backend/device/threads/clock
 
 
 @dataclass

@@ -28,7 +28,8 @@ class TimestepEmbedding(nn.Module):
         self.pooled = nn.Linear(pooled_dim, embed_dim) if pooled_dim else None
 
     def forward(self, t: torch.Tensor, pooled: torch.Tensor | None = None) -> torch.Tensor:
-        emb = self.linear_2(nn.functional.silu(self.linear_1(sinusoidal(t, self.base_dim))))
+        e = sinusoidal(t, self.base_dim).to(self.linear_1.weight.dtype)  # fp32 sinusoid; a fp16/bf16 model's dtype
+        emb = self.linear_2(nn.functional.silu(self.linear_1(e)))
         if self.pooled is not None and pooled is not None:
             emb = emb + self.pooled(pooled)
         return emb
