@@ -61,7 +61,7 @@ CFG = ROOT / "configs" / "embedded-base.yaml"
 
 def test_unknown_key_is_one_line(tmp_path):
     r = snapgen("train", CFG, f"output_dir={tmp_path / 'o'}", "train.stepz=3")
-    one_line_error(r, "train.stepz", "allowed: train.steps")
+    one_line_error(r, "<command line>: train.stepz", "allowed: steps, batch_size")
     r = snapgen("train", CFG, f"output_dir={tmp_path / 'o'}", "stage=distill")
     one_line_error(r, "stage", "allowed: base, kd, step_distill, decoder")
     assert not (tmp_path / "o").exists()
