@@ -255,11 +255,31 @@ def _prune(cls, data: dict) -> dict:
     return out
 
 
+def _parse_error(overrides) -> UserError:
+    """The first override Hydra's grammar cannot parse, as one line."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    for line in overrides:
+        try:
+            OverridesParser.create().parse_overrides([line])
+        except HydraException as bad:
+            why = [ln for ln in str(bad).splitlines() if ln.strip() and not ln.startswith(("See https://",
+                                                                                             "Error parsing"))]
+            return UserError(f"cannot parse override {line!r}" + (f": {why[0]}" if why else ""),
+                             file=COMMAND_LINE, key=line.split("=", 1)[0].lstrip("+~") or None)
+    return UserError(f"cannot parse the overrides {' '.join(overrides)}", file=COMMAND_LINE)
+
+
 def _override_error(e, overrides, node) -> UserError:
     """A Hydra composition error as one line against the command line, naming the override's key."""
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
+    from hydra.errors import OverrideParseException
+
+    if isinstance(e, OverrideParseException):
+        return _parse_error(overrides)
     msg = str(e).splitlines()[0]
     key = None
     for line in overrides:
@@ -278,10 +298,7 @@ def _override_error(e, overrides, node) -> UserError:
                          file=COMMAND_LINE, key=key)
     if "To sweep over it" in str(e):
         msg = f"{msg}: a sweep needs -m/--multirun (a list is key=[a,b], a string key='a,b')"
-    lines = [ln for ln in str(e).splitlines() if ln.strip() and not ln.startswith("See https://")]
-    if msg.startswith("Error parsing override") and len(lines) > 1:
-        msg = f"{msg}: {lines[1]}"
-    return UserError(msg.replace("Error parsing override ", "cannot parse override "), file=COMMAND_LINE, key=key)
+    return UserError(msg, file=COMMAND_LINE, key=key)
 
 
 def compose(schema, data: Mapping[str, Any], overrides=(), *, file: str | None) -> dict:
@@ -345,10 +362,8 @@ def sweep(overrides) -> list[list[str]]:
 
     try:
         parsed = OverridesParser.create().parse_overrides([str(o) for o in overrides or ()])
-    except HydraException as e:
-        lines = [ln for ln in str(e).splitlines() if ln.strip() and not ln.startswith("See https://")]
-        raise UserError(": ".join(lines[:2]).replace("Error parsing override ", "cannot parse override "),
-                        file=COMMAND_LINE) from None
+    except HydraException:
+        raise _parse_error([str(o) for o in overrides]) from None
     axes = []
     for o in parsed:
         if o.is_sweep_override():

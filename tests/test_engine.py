@@ -313,7 +313,7 @@ def test_train_base_equals_the_proxy(small_proxy, fmnist_small, tmp_path):
         arch = json.dumps(small_spec().to_dict())
         tc = load_config(None, [f"arch={arch}", *small_proxy_overrides(fmnist_small), "stage=base",
                                 f"train.steps={cfg.steps}", f"train.batch_size={cfg.batch_size}", f"train.lr={cfg.lr}",
-                                f"train.ema_decay={cfg.ema_decay}", f"train.seed={seed}", "train.progress=false",
+                                f"train.ema_decay={cfg.ema_decay}", f"seed={seed}", "train.progress=false",
                                 f"eval.num_samples={cfg.num_samples}", f"output_dir={tmp_path / str(seed)}"])
         res = train(tc)
         assert res["steps"] == pr.steps == cfg.steps
