@@ -171,7 +171,16 @@ def omegaconf_error(e, *, file: str | None, prefix: str = "") -> UserError:
 def _schema_node(cls):
     from omegaconf import OmegaConf
 
-    return OmegaConf.structured(cls)  # merged into, never modified
+    node = OmegaConf.structured(cls)  # merged into (merge copies it), never modified
+
+    def writable(n):  # a frozen dataclass's node is read-only, and merging into it would fail
+        OmegaConf.set_readonly(n, False)
+        for k in n:
+            if not OmegaConf.is_missing(n, k) and OmegaConf.is_dict(n[k]):
+                writable(n[k])
+
+    writable(node)
+    return node
 
 
 def structured(cls, data: Mapping[str, Any] | None, *, file: str | None = None, prefix: str = ""):
@@ -287,15 +296,16 @@ def _override_error(e, overrides, node) -> UserError:
             key = line.split("=", 1)[0].lstrip("+~")
             break
     cause = e.__cause__
-    if isinstance(cause, OmegaConfBaseException):
-        return omegaconf_error(cause, file=COMMAND_LINE).with_context(key=key)
     if msg.startswith("Could not override") and key:
-        parent, _, name = key.rpartition(".")
+        full = str(getattr(cause, "full_key", None) or key)
+        parent, _, name = full.rpartition(".")
         sub = OmegaConf.select(node, parent) if parent else node
         known = list(sub.keys()) if OmegaConf.is_dict(sub) else []
         allowed = f"; allowed: {', '.join(map(str, known))}" if known else ""
-        return UserError(f"unknown key {name!r}{allowed} (Hydra's grammar: +{key}=VALUE adds a key)",
-                         file=COMMAND_LINE, key=key)
+        hint = f"+{key}=VALUE adds a key" if full == key else f"++{key}=VALUE merges in new keys"
+        return UserError(f"unknown key {name!r}{allowed} (Hydra's grammar: {hint})", file=COMMAND_LINE, key=full)
+    if isinstance(cause, OmegaConfBaseException):
+        return omegaconf_error(cause, file=COMMAND_LINE).with_context(key=key)
     if "To sweep over it" in str(e):
         msg = f"{msg}: a sweep needs -m/--multirun (a list is key=[a,b], a string key='a,b')"
     return UserError(msg, file=COMMAND_LINE, key=key)
@@ -389,7 +399,7 @@ def job_dir(base: str | Path, job: list[str], overrides) -> Path:
     if "output_dir" in swept:
         return Path(base)
     name = ",".join(j.lstrip("+") for j in job if j.split("=", 1)[0].lstrip("+") in swept) or "job"
-    return Path(base) / "".join(c if c.isalnum() or c in "=,._-+" else "_" for c in name)
+    return Path(base) / "".join(c if c.isalnum() or c in "=,._-+[]" else "_" for c in name)
 
 
 __all__ = ["COMMAND_LINE", "bounds", "one_of", "keys_of", "read_text", "load_yaml", "check_finite", "check",

@@ -13,7 +13,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # a tiny student (fast on 2 CPU cores): 2 stages, attention only in the low-resolution one
-TINY = ["arch={name: tiny, channels: [128, 256], layers: 1, transformer_depth: [0, 1], self_attention: [false, true],"
+TINY = ["++arch={name: tiny, channels: [128, 256], layers: 1, transformer_depth: [0, 1], self_attention: [false, true],"
         " conv: expanded_separable, ffn_ratio: 3.0, attention: mqa, head_dim: 64, norm_groups: 32, context_dim: 2048}",
         "arch.stages=null",  # drop the config's explicit 3-stage list: the 2-stage fields above replace it
         "proxy.width_mult=0.125", "proxy.depth_mult=1.0", "train.progress=false"]
