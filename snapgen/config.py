@@ -1,16 +1,13 @@
 """The one config loader: study files, ablations, train configs, proxy configs, specs and decoder specs.
 
-A config is a dataclass (a structured config). A file is read once (:func:`load_yaml`: UTF-8 text,
-safe YAML, finite numbers), merged into the dataclass by OmegaConf (unknown keys and wrong types),
-command-line overrides are applied by hydra-core's compose API with its override grammar (``key=v``,
-``+key=v``, ``~key``; ``key=a,b`` sweeps with ``-m``: :func:`sweep`), and :func:`check` checks what
-the fields declare in their metadata (:func:`bounds`, :func:`one_of`): numeric ranges, choices,
-finiteness. Every mistake is one :class:`~snapgen.errors.UserError` naming the file (or
-``<command line>``), the dotted key and what is allowed.
-
-A ``Dict[str, Any]`` field can declare the dataclass(es) its keys come from (:func:`keys_of`): while
-the overrides are applied it holds every field of those (unset ones are ``None``), so ``proxy.steps=5``
-works whether or not the file sets it, and what the user set (and nothing else) is what comes out.
+A config is a dataclass. A file is read once (:func:`load_yaml`: UTF-8 text, safe YAML, finite numbers),
+merged into the dataclass by OmegaConf (unknown keys, types), command-line overrides are applied by
+hydra-core's compose API and grammar (``key=v``, ``+key=v``, ``~key``; ``key=a,b`` sweeps with ``-m``:
+:func:`sweep`), and :func:`check` checks what fields declare (:func:`bounds`, :func:`one_of`). Every
+mistake is one :class:`~snapgen.errors.UserError` naming the file (or ``<command line>``), the key and
+what is allowed. A ``Dict[str, Any]`` field may name the dataclasses its keys come from (:func:`keys_of`):
+overrides then see all their fields (``proxy.steps=5`` whether or not the file sets it), and only what
+the user set comes out.
 """
 from __future__ import annotations
 
@@ -30,31 +27,24 @@ COMMAND_LINE = "<command line>"  # the FILE of an error in a command-line overri
 
 
 # ---- field metadata ---------------------------------------------------------------------------
-def bounds(*, ge=None, gt=None, le=None, lt=None, **more) -> dict:
-    """Field metadata: the field's numeric range (checked, with every other field's, by :func:`check`)."""
-    return {"range": (ge, gt, le, lt), **more}
+def bounds(*, ge=None, gt=None, le=None, lt=None) -> dict:
+    """Field metadata: the field's numeric range."""
+    return {"range": tuple((op, b) for op, b in ((">=", ge), (">", gt), ("<=", le), ("<", lt)) if b is not None)}
 
 
-def one_of(choices: tuple | Callable[[], typing.Iterable[str]], *, what: str = "value", **more) -> dict:
-    """Field metadata: the allowed values (a tuple, or a callable such as a block registry's names); ``what``
+def one_of(choices: tuple | Callable[[], typing.Iterable[str]], *, what: str = "value") -> dict:
+    """Field metadata: the allowed values (a tuple, or a callable such as a registry's names); ``what``
     names them in the error (``unknown sampler 'x'; allowed: ...``)."""
-    return {"choices": choices, "what": what, **more}
+    return {"choices": choices, "what": what}
 
 
-def keys_of(classes: Callable[[], tuple], **more) -> dict:
-    """Field metadata of a ``Dict[str, Any]``: its keys are fields of these dataclasses (a callable, so
-    that heavy modules load late)."""
-    return {"keys_of": classes, **more}
+def keys_of(classes: Callable[[], tuple]) -> dict:
+    """Field metadata of a ``Dict[str, Any]``: its keys are fields of these dataclasses (a callable: late imports)."""
+    return {"keys_of": classes}
 
 
-def _range_error(v, rng) -> str | None:
-    ge, gt, le, lt = rng
-    tests = ((">=", ge, lambda b: v >= b), (">", gt, lambda b: v > b), ("<=", le, lambda b: v <= b),
-             ("<", lt, lambda b: v < b))
-    want = [(op, b, ok) for op, b, ok in tests if b is not None]
-    if all(ok(b) for _, b, ok in want):
-        return None
-    return f"must be {' and '.join(f'{op} {b}' for op, b, _ in want)}, got {v}"
+_OPS = {">=": lambda v, b: v >= b, ">": lambda v, b: v > b, "<=": lambda v, b: v <= b, "<": lambda v, b: v < b}
+_hints = functools.lru_cache(maxsize=None)(typing.get_type_hints)
 
 
 # ---- files ------------------------------------------------------------------------------------
@@ -101,52 +91,38 @@ def check_finite(data: Any, *, file: str | None, key: str = "") -> None:
 
 
 # ---- structured configs -----------------------------------------------------------------------
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
-def _dataclass_of(t):
-    """The dataclass a field holds (directly or in an Optional), else None."""
-    if dataclasses.is_dataclass(t):
-        return t
-    args = [a for a in typing.get_args(t) if a is not type(None)]
-    return args[0] if typing.get_origin(t) is typing.Union and len(args) == 1 and dataclasses.is_dataclass(args[0]) \
-        else None
+def _check_field(f, v, *, file, key) -> None:
+    check_finite(v, file=file, key=key)
+    rng = f.metadata.get("range")
+    if rng and v is not None and not all(_OPS[op](v, b) for op, b in rng):
+        raise UserError(f"must be {' and '.join(f'{op} {b}' for op, b in rng)}, got {v}", file=file, key=key)
+    choices = f.metadata.get("choices")
+    if choices is not None and v is not None:
+        allowed = tuple(choices() if callable(choices) else choices)
+        for i, x in enumerate(v if isinstance(v, (list, tuple)) else [v]):
+            if x not in allowed:
+                raise UserError(f"unknown {f.metadata['what']} {x!r}; allowed: {', '.join(map(str, allowed))}",
+                                file=file, key=f"{key}[{i}]" if isinstance(v, (list, tuple)) else key)
 
 
 def check(obj, *, file: str | None, prefix: str = ""):
-    """What each field declares: finite numbers, its range, its choices; tuples where annotated (OmegaConf
-    gives lists). Nested dataclasses too. Returns the (possibly rebuilt) object."""
-    hints = _hints(type(obj))
-    changes = {}
+    """Each field's declared range and choices, finite numbers, nested dataclasses too; tuples where
+    annotated (OmegaConf gives lists). Returns the object (rebuilt where a value changed)."""
+    hints, changed = _hints(type(obj)), {}
     for f in dataclasses.fields(obj):
-        v, key = getattr(obj, f.name), f"{prefix}{f.name}"
+        v0 = v = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(v):
-            nv = check(v, file=file, prefix=f"{key}.")
-            if nv is not v:
-                changes[f.name] = nv
-            continue
-        if isinstance(v, (list, tuple)) and v and all(dataclasses.is_dataclass(x) for x in v):
-            nv = [check(x, file=file, prefix=f"{key}[{i}].") for i, x in enumerate(v)]
-            if any(a is not b for a, b in zip(nv, v)) or isinstance(v, list) and \
-                    typing.get_origin(hints[f.name]) is tuple:
-                changes[f.name] = type(v)(nv) if typing.get_origin(hints[f.name]) is not tuple else tuple(nv)
-            continue
-        check_finite(v, file=file, key=key)
+            v = check(v, file=file, prefix=f"{key}.")
+        elif isinstance(v, (list, tuple)) and v and all(map(dataclasses.is_dataclass, v)):
+            v = type(v)(check(x, file=file, prefix=f"{key}[{i}].") for i, x in enumerate(v))
+        else:
+            _check_field(f, v, file=file, key=key)
         if typing.get_origin(hints[f.name]) is tuple and isinstance(v, list):
-            changes[f.name] = v = tuple(v)
-        rng = f.metadata.get("range")
-        if rng and v is not None and (_range_error(v, rng)):
-            raise UserError(_range_error(v, rng), file=file, key=key)
-        choices = f.metadata.get("choices")
-        if choices is not None and v is not None:
-            allowed = tuple(choices() if callable(choices) else choices)
-            for i, x in enumerate(v if isinstance(v, (list, tuple)) else [v]):
-                if x not in allowed:
-                    where = f"{key}[{i}]" if isinstance(v, (list, tuple)) else key
-                    raise UserError(f"unknown {f.metadata.get('what', 'value')} {x!r}; allowed: {', '.join(map(str, allowed))}", file=file,
-                                    key=where)
-    return dataclasses.replace(obj, **changes) if changes else obj
+            v = tuple(v)
+        if v is not v0:
+            changed[f.name] = v
+    return dataclasses.replace(obj, **changed) if changed else obj
 
 
 def omegaconf_error(e, *, file: str | None, prefix: str = "") -> UserError:
@@ -205,63 +181,30 @@ def structured(cls, data: Mapping[str, Any] | None, *, file: str | None = None, 
 @functools.lru_cache(maxsize=None)
 def _partial(classes: tuple) -> type:
     """Every field of ``classes`` as Optional with default None (nested dataclasses likewise)."""
-    fields, seen = [], set()
+    fields = {}
     for cls in classes:
-        hints = _hints(cls)
         for f in dataclasses.fields(cls):
-            if f.name in seen:
-                continue
-            seen.add(f.name)
-            sub = _dataclass_of(hints[f.name])
-            if sub is not None:
-                t = _partial((sub,))
-                fields.append((f.name, t, dataclasses.field(default_factory=t)))
-            else:
-                fields.append((f.name, Optional[hints[f.name]], dataclasses.field(default=None)))
-    return dataclasses.make_dataclass("Keys_" + "_".join(c.__name__ for c in classes), fields)
+            t = _hints(cls)[f.name]
+            if f.name not in fields:
+                fields[f.name] = (f.name, _partial((t,)), dataclasses.field(default_factory=_partial((t,)))) \
+                    if dataclasses.is_dataclass(t) else (f.name, Optional[t], dataclasses.field(default=None))
+    return dataclasses.make_dataclass("Keys_" + "_".join(c.__name__ for c in classes), list(fields.values()))
 
 
 @functools.lru_cache(maxsize=None)
 def _node_type(cls) -> type:
-    """``cls`` with each :func:`keys_of` field typed as the partial of its dataclasses (recursively)."""
-    hints, fields, changed = _hints(cls), [], False
-    for f in dataclasses.fields(cls):
-        t, default = hints[f.name], {"default": f.default} if f.default is not dataclasses.MISSING else \
-            {"default_factory": f.default_factory}
-        if "keys_of" in f.metadata:
-            t = _partial(tuple(f.metadata["keys_of"]()))
-            default, changed = {"default_factory": t}, True
-        elif dataclasses.is_dataclass(t) and _node_type(t) is not t:
-            t = _node_type(t)
-            default, changed = {"default_factory": t}, True
-        elif typing.get_origin(t) is list and dataclasses.is_dataclass(typing.get_args(t)[0]) \
-                and _node_type(typing.get_args(t)[0]) is not typing.get_args(t)[0]:
-            t, changed = typing.List[_node_type(typing.get_args(t)[0])], True
-        fields.append((f.name, t, dataclasses.field(**default)))
-    return dataclasses.make_dataclass(cls.__name__, fields) if changed else cls
+    """``cls`` with each :func:`keys_of` field typed as the partial of its dataclasses."""
+    fields = [(f.name, _partial(tuple(f.metadata["keys_of"]())),
+               dataclasses.field(default_factory=_partial(tuple(f.metadata["keys_of"]()))))
+              if "keys_of" in f.metadata else (f.name, _hints(cls)[f.name], f) for f in dataclasses.fields(cls)]
+    return dataclasses.make_dataclass(cls.__name__, fields)
 
 
 def _set_only(data: Any) -> Any:
     """A partial's content without its unset (None) fields and empty nested ones."""
-    if isinstance(data, dict):
-        out = {k: _set_only(v) for k, v in data.items() if v is not None}
-        return {k: v for k, v in out.items() if v != {}}
-    return data
-
-
-def _prune(cls, data: dict) -> dict:
-    hints = _hints(cls)
-    out = dict(data)
-    for f in dataclasses.fields(cls):
-        v = out.get(f.name)
-        if "keys_of" in f.metadata and isinstance(v, dict):
-            out[f.name] = _set_only(v)
-        elif dataclasses.is_dataclass(hints[f.name]) and isinstance(v, dict):
-            out[f.name] = _prune(hints[f.name], v)
-        elif typing.get_origin(hints[f.name]) is list and dataclasses.is_dataclass(typing.get_args(hints[f.name])[0]) \
-                and isinstance(v, list):
-            out[f.name] = [_prune(typing.get_args(hints[f.name])[0], x) if isinstance(x, dict) else x for x in v]
-    return out
+    if not isinstance(data, dict):
+        return data
+    return {k: v for k, v in ((k, _set_only(v)) for k, v in data.items() if v is not None) if v != {}}
 
 
 def _parse_error(overrides) -> UserError:
@@ -341,7 +284,10 @@ def compose(schema, data: Mapping[str, Any], overrides=(), *, file: str | None) 
         plain = OmegaConf.to_container(node, resolve=True, throw_on_missing=False)
     except OmegaConfBaseException as e:
         raise omegaconf_error(e, file=file) from None
-    return _prune(schema, plain) if schema else plain
+    for f in dataclasses.fields(schema) if schema else ():
+        if "keys_of" in f.metadata and isinstance(plain.get(f.name), dict):
+            plain[f.name] = _set_only(plain[f.name])
+    return plain
 
 
 def apply(data: Mapping[str, Any], overrides) -> dict:
@@ -401,6 +347,3 @@ def job_dir(base: str | Path, job: list[str], overrides) -> Path:
     name = ",".join(j.lstrip("+") for j in job if j.split("=", 1)[0].lstrip("+") in swept) or "job"
     return Path(base) / "".join(c if c.isalnum() or c in "=,._-+[]" else "_" for c in name)
 
-
-__all__ = ["COMMAND_LINE", "bounds", "one_of", "keys_of", "read_text", "load_yaml", "check_finite", "check",
-           "structured", "compose", "apply", "load", "sweep", "swept_keys", "job_dir"]
