@@ -40,7 +40,11 @@ def run_cli(prog: str, package: str, commands: dict[str, str], argv=None) -> int
             mod = importlib.import_module(f"{package}.commands.{name.replace('-', '_')}")
             mod.add_arguments(p)
             p.set_defaults(_run=mod.run)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or any(x.startswith("-") for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # overrides after a flag (CONFIG -m key=a,b): argparse leaves them over
+        args.overrides = list(args.overrides) + extra
     with user_errors():
         rc = args._run(args)
     return int(rc or 0)

@@ -82,7 +82,7 @@ def test_archsearch_run_and_ablate_multirun(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "space.yaml").write_text(STUDY.with_name("space.yaml").read_text())
     (tmp_path / "study.yaml").write_text(STUDY.read_text())
-    assert main(["run", "-m", "study.yaml", "sampler.seed=0,1", "n_trials=2", "--no-progress"]) == 0
+    assert main(["run", "study.yaml", "-m", "sampler.seed=0,1", "n_trials=2", "--no-progress"]) == 0  # -m anywhere
     import optuna
     import yaml
 
