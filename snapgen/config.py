@@ -80,9 +80,11 @@ def load_yaml(path: str | Path) -> Any:
 
 def check_finite(data: Any, *, file: str | None, key: str = "") -> None:
     """Every number in a nested mapping/list is finite (YAML's .nan / .inf are not a config value)."""
+    if type(data) in (int, bool, str, type(None)):
+        return
     if isinstance(data, float) and not math.isfinite(data):
         raise UserError(f"must be a finite number, got {data}", file=file, key=key or None)
-    if isinstance(data, Mapping):
+    if isinstance(data, (dict, Mapping)):
         for k, v in data.items():
             check_finite(v, file=file, key=f"{key}.{k}" if key else str(k))
     elif isinstance(data, (list, tuple)):
@@ -105,11 +107,16 @@ def _check_field(f, v, *, file, key) -> None:
                                 file=file, key=f"{key}[{i}]" if isinstance(v, (list, tuple)) else key)
 
 
+@functools.lru_cache(maxsize=None)
+def _fields(cls) -> tuple:
+    return tuple((f, typing.get_origin(_hints(cls)[f.name]) is tuple) for f in dataclasses.fields(cls))
+
+
 def check(obj, *, file: str | None, prefix: str = ""):
     """Each field's declared range and choices, finite numbers, nested dataclasses too; tuples where
     annotated (OmegaConf gives lists). Returns the object (rebuilt where a value changed)."""
-    hints, changed = _hints(type(obj)), {}
-    for f in dataclasses.fields(obj):
+    changed = {}
+    for f, is_tuple in _fields(type(obj)):
         v0 = v = getattr(obj, f.name)
         key = f"{prefix}{f.name}"
         if dataclasses.is_dataclass(v):
@@ -118,7 +125,7 @@ def check(obj, *, file: str | None, prefix: str = ""):
             v = type(v)(check(x, file=file, prefix=f"{key}[{i}].") for i, x in enumerate(v))
         else:
             _check_field(f, v, file=file, key=key)
-        if typing.get_origin(hints[f.name]) is tuple and isinstance(v, list):
+        if is_tuple and isinstance(v, list):
             v = tuple(v)
         if v is not v0:
             changed[f.name] = v
@@ -159,6 +166,27 @@ def _schema_node(cls):
     return node
 
 
+def _is(v, t) -> bool:
+    if t in (int, float, str, bool):
+        return type(v) is t
+    args = typing.get_args(t)
+    if typing.get_origin(t) is typing.Union:
+        return any(_is(v, a) for a in args)
+    if t is type(None):
+        return v is None
+    if typing.get_origin(t) is tuple and type(v) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return all(_is(x, args[0]) for x in v)
+    return dataclasses.is_dataclass(t) and type(v) is t
+
+
+def _exact(cls, data) -> bool:
+    """Whether ``cls(**data)`` is what OmegaConf would build: known keys, every required one, exact types."""
+    fields, hints = {f.name: f for f in dataclasses.fields(cls)}, _hints(cls)
+    return all(k in fields and _is(v, hints[k]) for k, v in data.items()) and all(
+        f.name in data for f in fields.values()
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+
+
 def structured(cls, data: Mapping[str, Any] | None, *, file: str | None = None, prefix: str = ""):
     """A checked instance of dataclass ``cls`` from a plain mapping (types by OmegaConf, the rest by
     :func:`check`)."""
@@ -170,6 +198,8 @@ def structured(cls, data: Mapping[str, Any] | None, *, file: str | None = None, 
     if not isinstance(data, (Mapping, DictConfig)):
         raise UserError(f"must be a mapping with keys {', '.join(f.name for f in dataclasses.fields(cls))}",
                         file=file, key=prefix.rstrip(".") or None)
+    if _exact(cls, data):  # values of exactly the annotated types (code, samplers): OmegaConf would change nothing
+        return check(cls(**data), file=file, prefix=prefix)
     try:
         obj = OmegaConf.to_object(OmegaConf.merge(_schema_node(cls), data))  # a missing required key raises
     except OmegaConfBaseException as e:

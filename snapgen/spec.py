@@ -192,7 +192,7 @@ class ArchSpec:
                             file=file, key=unknown[0])
         stages = tuple(structured(StageSpec, st, file=file, prefix=f"stages[{i}].")
                        for i, st in enumerate(expand_stage_fields(data, file=file)))
-        spec = replace(structured(cls, {**data, "stages": []}, file=file), stages=stages)
+        spec = structured(cls, {**data, "stages": stages}, file=file)
         return spec.validate(file) if validate else spec
 
     @classmethod
