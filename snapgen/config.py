@@ -300,7 +300,8 @@ def compose(schema, data: Mapping[str, Any], overrides=(), *, file: str | None) 
     except OmegaConfBaseException as e:
         raise omegaconf_error(e, file=file) from None
     overrides = [str(o) for o in overrides or ()]
-    if overrides:
+    if overrides:  # on the plain mapping (every schema key present): ~key works on any key; types are checked next
+        node = OmegaConf.create(OmegaConf.to_container(node))
         ConfigStore.instance().store(name="snapgen_config", node=node)
         GlobalHydra.instance().clear()
         try:

@@ -72,14 +72,14 @@ class ProxyConfig:
     # evaluation
     num_samples: int = field(default=500, metadata=bounds(ge=1))
     sample_steps: int = field(default=8, metadata=bounds(ge=1))
-    sampler: str = field(default="euler", metadata=one_of(("euler", "heun")))
+    sampler: str = field(default="euler", metadata=one_of(("euler", "heun"), what="sampler"))
     cfg_scale: float = field(default=2.0, metadata=bounds(ge=0))
     eval_every: int = field(default=0, metadata=bounds(ge=0))  # 0: no periodic intermediate evaluations
     eval_at: tuple[int, ...] = ()  # extra intermediate evaluation steps
-    metric: str = field(default="fd-fmnist", metadata=one_of(("fd-fmnist", "fid")))  # fid: needs inception_weights
+    metric: str = field(default="fd-fmnist", metadata=one_of(("fd-fmnist", "fid"), what="metric"))  # fid: needs inception_weights
     inception_weights: str | None = None
     # data, latent space, conditioning
-    dataset: str = field(default="fashion-mnist", metadata=one_of(DATASETS))
+    dataset: str = field(default="fashion-mnist", metadata=one_of(DATASETS, what="dataset"))
     data_path: str | None = None  # Fashion-MNIST IDX dir, ImageFolder root or latent shard dir
     class_map: str | None = None  # ImageFolder class-name map (JSON)
     reference_path: str | None = None  # latents: ImageFolder of real images for fid (None: decoded shard latents)

@@ -55,11 +55,15 @@ def test_ranges_and_choices_are_declared_once_and_checked_everywhere():
 def test_train_config_never_overrides_a_users_value(tmp_path):
     from snapgen.train.config import load_config, proxy_config
 
-    cfg = load_config(ROOT / "configs" / "embedded-base.yaml", ["eval.num_samples=64", "seed=4"])
+    base = ROOT / "configs" / "embedded-base.yaml"
+    cfg = load_config(base, ["eval.num_samples=64", "seed=4"])
     assert proxy_config(cfg).num_samples == 64 and cfg.seed == 4
-    for key, section in (("num_samples", "eval"), ("sample_steps", "eval"), ("steps", "train"), ("lr", "train")):
-        with pytest.raises(UserError, match=rf"proxy.{key}: .*set {section}.{key}$"):
-            load_config(ROOT / "configs" / "embedded-base.yaml", [f"proxy.{key}=3"])
+    assert proxy_config(load_config(base, ["proxy.num_samples=32"])).num_samples == 32  # eval: unset, the proxy's
+    with pytest.raises(UserError, match=r"eval.num_samples: proxy.num_samples is set too"):
+        load_config(base, ["proxy.num_samples=32", "eval.num_samples=64"])
+    for key in ("steps", "lr"):
+        with pytest.raises(UserError, match=rf"proxy.{key}: .*set train.{key}$"):
+            load_config(base, [f"proxy.{key}=3"])
 
 
 def test_sweep_jobs_and_their_directories():

@@ -29,7 +29,7 @@ def small_proxy(data_dir) -> list[str]:
             f"proxy.ae={{steps: {c.ae.steps}, batch_size: {c.ae.batch_size}, lr: {c.ae.lr}, eval_images: {c.ae.eval_images}}}",
             f"proxy.classifier={{steps: {c.classifier.steps}, batch_size: {c.classifier.batch_size}, "
             f"widths: {list(c.classifier.widths)}, feature_dim: {c.classifier.feature_dim}}}",
-            f"eval.num_samples={c.num_samples}", f"eval.sample_steps={c.sample_steps}"]
+            f"proxy.num_samples={c.num_samples}", f"proxy.sample_steps={c.sample_steps}"]
 
 
 def snapgen(*args, env=None, check=False):

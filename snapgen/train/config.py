@@ -103,7 +103,7 @@ class DecoderTrainSection:
 
 @dataclass
 class EvalSection:
-    num_samples: int = field(default=500, metadata=bounds(ge=1))
+    num_samples: Optional[int] = field(default=None, metadata=bounds(ge=1))  # None: the proxy's (500)
     sample_steps: Optional[int] = field(default=None, metadata=bounds(ge=1))  # None: the proxy's (8);
     # step_distill: student_steps
     cfg_scale: Optional[float] = field(default=None, metadata=bounds(ge=0))  # None: the proxy's
@@ -172,12 +172,12 @@ def validate(cfg: TrainConfig, file: str | None = None) -> TrainConfig:
     return cfg
 
 
-# ProxyConfig keys that are the training recipe, budget and runtime, and the evaluation: `snapgen train`
-# takes them from its train (and eval) section (so a run and the proxy share one recipe), and refuses them
-# in `proxy:` (never overriding a value the user gave).
-EVAL_OWNED = ("num_samples", "sample_steps", "cfg_scale")
+# ProxyConfig keys that are the training recipe, budget and runtime: `snapgen train` takes them from
+# its train section (so a run and the proxy share one recipe), and refuses them in `proxy:`. The evaluation
+# keys may be given in `eval:` or in `proxy:`, not both (neither silently overrides the other).
 TRAIN_OWNED = ("steps", "batch_size", "lr", "warmup_steps", "weight_decay", "grad_clip", "ema_decay", "p_uncond",
-               "grad_accum", "device", "precision", "compile", "threads", "progress") + EVAL_OWNED
+               "grad_accum", "device", "precision", "compile", "threads", "progress")
+EVAL_KEYS = ("num_samples", "sample_steps", "cfg_scale")
 
 
 def proxy_config(cfg: TrainConfig, file: str | None = None):
@@ -187,18 +187,20 @@ def proxy_config(cfg: TrainConfig, file: str | None = None):
 
     for k in cfg.proxy:
         if k in TRAIN_OWNED:
-            section = "eval" if k in EVAL_OWNED else "train"
-            raise UserError(f"the training recipe, budget and evaluation come from the train and eval sections: "
-                            f"set {section}.{k}", file=file, key=f"proxy.{k}")
+            raise UserError(f"the training recipe and budget come from the train section: set train.{k}",
+                            file=file, key=f"proxy.{k}")
+        if k in EVAL_KEYS and getattr(cfg.eval, k) is not None:
+            raise UserError(f"proxy.{k} is set too: give it once (eval.{k} or proxy.{k})", file=file, key=f"eval.{k}")
     pc = structured(ProxyConfig, dict(cfg.proxy), file=file, prefix="proxy.")
     t = cfg.train
-    over = {k: getattr(t, k) for k in TRAIN_OWNED if k not in EVAL_OWNED + ("progress",)}
+    over = {k: getattr(t, k) for k in TRAIN_OWNED if k != "progress"}
     over["progress"] = False
-    over["num_samples"] = cfg.eval.num_samples
+    if cfg.eval.num_samples is not None:
+        over["num_samples"] = cfg.eval.num_samples
     if cfg.eval.cfg_scale is not None:
         over["cfg_scale"] = float(cfg.eval.cfg_scale)
     steps = cfg.eval.sample_steps
-    if steps is None and cfg.stage == "step_distill":
+    if steps is None and cfg.stage == "step_distill" and "sample_steps" not in cfg.proxy:
         steps = cfg.step_distill.student_steps
     if steps is not None:
         over["sample_steps"] = int(steps)
@@ -206,7 +208,7 @@ def proxy_config(cfg: TrainConfig, file: str | None = None):
     try:
         return pc.validate()
     except UserError as e:
-        section = "eval" if e.key in EVAL_OWNED else "train" if e.key in TRAIN_OWNED else "proxy"
+        section = "train" if e.key in TRAIN_OWNED else "proxy"
         raise UserError(e.message, file=file, key=f"{section}.{e.key}" if e.key else "proxy") from None
 
 
