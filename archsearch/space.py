@@ -218,6 +218,13 @@ class SearchSpace:
                                     file=f, key=f"{key}.when")
             elif not isinstance(when, Mapping):
                 raise UserError("must be a fact name or a mapping field: value(s)", file=f, key=f"{key}.when")
+            else:
+                fields = DecoderSpec.__dataclass_fields__ if self.kind == "decoder" else \
+                    set(STAGE_FIELDS) | set(ArchSpec.__dataclass_fields__) - {"stages"}
+                for k in when:
+                    if k not in fields:
+                        raise UserError(f"unknown field {k!r}; allowed: {', '.join(sorted(fields))}", file=f,
+                                        key=f"{key}.when.{k}")
         return Dimension(name=name, choices=choices, low=d.get("low"), high=d.get("high"), step=d.get("step"),
                          log=bool(d.get("log", False)), per_stage=per_stage, when=when)
 

@@ -42,7 +42,7 @@ def main():
     res = {"kd": {}, "step_distill": {}, "decoder": {}}
     for seed in a.seeds:
         for mode in ("none", "linear", "timestep_aware"):
-            r = train(out / f"kd-{mode}-s{seed}", "stage=kd", f"kd.mode={mode}", f"train.seed={seed}",
+            r = train(out / f"kd-{mode}-s{seed}", "stage=kd", f"kd.mode={mode}", f"seed={seed}",
                       f"train.steps={a.steps}", f"eval.num_samples={a.samples}")
             res["kd"].setdefault(mode, []).append(r["value"])
     init = out / f"kd-timestep_aware-s{a.seeds[0]}"

@@ -11,6 +11,7 @@ import importlib
 import sys
 from contextlib import contextmanager
 
+from snapgen.config import COMMAND_LINE
 from snapgen.errors import UserError, user_errors
 
 
@@ -39,13 +40,30 @@ def run_cli(prog: str, package: str, commands: dict[str, str], argv=None) -> int
             mod = importlib.import_module(f"{package}.commands.{name.replace('-', '_')}")
             mod.add_arguments(p)
             p.set_defaults(_run=mod.run)
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or any(x.startswith("-") for x in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # overrides after a flag (CONFIG -m key=a,b): argparse leaves them over
+        args.overrides = list(args.overrides) + extra
     with user_errors():
         rc = args._run(args)
     return int(rc or 0)
 
 
-COMMAND_LINE = "<command line>"  # the FILE of an error in a command-line override
+def add_overrides(p, example: str) -> None:
+    """The Hydra override arguments of a command that loads a config file, and ``-m/--multirun``."""
+    p.add_argument("overrides", nargs="*", metavar="OVERRIDE",
+                   help=f"Hydra overrides: key=value, +key=value (add), ~key (delete); e.g. {example}")
+    p.add_argument("-m", "--multirun", action="store_true",
+                   help="Hydra multirun: sweep key=a,b (or range(...), choice(...)) overrides, one job per "
+                        "combination, each in its own output directory (output_dir/key=value,...)")
+
+
+def jobs(args) -> list[list[str]]:
+    """The override lists to run: every combination of the sweeps with ``-m``, else the overrides as given."""
+    from snapgen.config import sweep
+
+    return sweep(args.overrides) if args.multirun else [list(args.overrides)]
 
 
 def override_keys(overrides) -> list[str]:
@@ -71,4 +89,4 @@ def blame_overrides(file, overrides):
         raise
 
 
-__all__ = ["run_cli", "UserError", "blame_overrides", "COMMAND_LINE"]
+__all__ = ["run_cli", "UserError", "blame_overrides", "add_overrides", "jobs", "COMMAND_LINE"]

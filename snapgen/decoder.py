@@ -27,7 +27,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from snapgen.blocks import CONV, NORM, ResBlock, Upsample
 from snapgen.errors import UserError
 from snapgen.hub import DiffusersModel
-from snapgen.spec import CONV_TYPES, NORM_TYPES, _coerce
+from snapgen.spec import CONV_TYPES, NORM_TYPES
 
 
 @dataclass(frozen=True)
@@ -83,27 +83,17 @@ class DecoderSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, file: str | None = None) -> "DecoderSpec":
+        """From a mapping where ``channels`` / ``blocks`` / ``norm`` may be a scalar (every stage) or a list."""
+        from snapgen.config import structured
+
         if not isinstance(data, Mapping):
             raise UserError("a decoder spec must be a mapping", file=file)
-        known = {f.name: f for f in fields(cls)}
-        bad = sorted(set(data) - set(known))
-        if bad:
-            raise UserError(f"unknown key {bad[0]!r}; allowed: {', '.join(known)}", file=file, key=bad[0])
-        for req in ("channels", "blocks", "norm"):
-            if req not in data:
-                raise UserError("missing required key", file=file, key=req)
         d = dict(data)
-        n = len(d["channels"]) if isinstance(d["channels"], (list, tuple)) else 0
-        kw: dict[str, Any] = {}
-        for k, v in d.items():
-            if k in ("channels", "blocks", "norm"):
-                if not isinstance(v, (list, tuple)):
-                    v = [v] * max(n, 1)
-                elem = "str" if k == "norm" else "int"
-                kw[k] = tuple(_coerce(x, elem, file=file, key=f"{k}[{i}]") for i, x in enumerate(v))
-            else:
-                kw[k] = _coerce(v, known[k].type, file=file, key=k)
-        return cls(**kw).validate(file)
+        n = len(d["channels"]) if isinstance(d.get("channels"), (list, tuple)) else 1
+        for k in ("channels", "blocks", "norm"):
+            if k in d and not isinstance(d[k], (list, tuple)):
+                d[k] = [d[k]] * n
+        return structured(cls, d, file=file).validate(file)
 
 
 class TinyDecoder(DiffusersModel, ModelMixin, ConfigMixin):

@@ -31,6 +31,7 @@ import torch
 
 from snapgen.autoencoder import AEConfig, LatentCodec, cached_latents, load_autoencoder, proxy_autoencoder
 from snapgen.cache import combine
+from snapgen.config import bounds, check, one_of
 from snapgen.data.base import LabelledImages, to_uint8
 from snapgen.data.latents import LatentSet, load_latent_shards
 from snapgen.errors import DataError, TrainingError, UserError
@@ -47,40 +48,44 @@ DATASETS = ("fashion-mnist", "imagefolder", "latents")
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    """Budget and settings of one proxy evaluation. The defaults are what a study uses."""
+    """Budget and settings of one proxy evaluation. The defaults are what a study uses. Ranges and
+    choices are declared on the fields (:mod:`snapgen.config` checks them); :meth:`validate` adds the
+    rules between fields."""
 
     # training budget
-    steps: int = 120
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup_steps: int = 10
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0  # max global gradient norm (0: off); `snapgen train`'s recipe
-    grad_accum: int = 1  # micro-batches per optimiser step (batch_size is the whole step's)
-    ema_decay: float = 0.99  # 0 disables EMA (sample from the raw weights)
-    p_uncond: float = 0.1  # condition dropout for classifier-free guidance
+    steps: int = field(default=120, metadata=bounds(ge=0))
+    batch_size: int = field(default=64, metadata=bounds(ge=1))
+    lr: float = field(default=1e-3, metadata=bounds(gt=0))
+    warmup_steps: int = field(default=10, metadata=bounds(ge=0))
+    weight_decay: float = field(default=0.0, metadata=bounds(ge=0))
+    grad_clip: float = field(default=1.0, metadata=bounds(ge=0))  # max global gradient norm (0: off)
+    grad_accum: int = field(default=1, metadata=bounds(ge=1))  # micro-batches per optimiser step
+    ema_decay: float = field(default=0.99, metadata=bounds(ge=0, lt=1))  # 0 disables EMA (raw weights)
+    p_uncond: float = field(default=0.1, metadata=bounds(ge=0, lt=1))  # condition dropout for CFG
     logit_mean: float = 0.0
-    logit_std: float = 1.0
+    logit_std: float = field(default=1.0, metadata=bounds(gt=0))
     # proxy size
-    width_mult: float = 0.125
-    depth_mult: float = 0.5  # of the depth above the first DEPTH_FLOOR blocks (snapgen.spec.ArchSpec.scaled)
-    head_dim: int = 8  # with 8 norm groups: channels in steps of 8, so every searched width stays distinct
-    norm_groups: int = 8
+    width_mult: float = field(default=0.125, metadata=bounds(gt=0))
+    # of the depth above the first DEPTH_FLOOR blocks (snapgen.spec.ArchSpec.scaled)
+    depth_mult: float = field(default=0.5, metadata=bounds(gt=0))
+    # with 8 norm groups: channels in steps of 8, so every searched width stays distinct
+    head_dim: int = field(default=8, metadata=bounds(ge=1))
+    norm_groups: int = field(default=8, metadata=bounds(ge=1))
     # evaluation
-    num_samples: int = 500
-    sample_steps: int = 8
-    sampler: str = "euler"
-    cfg_scale: float = 2.0
-    eval_every: int = 0  # 0: no periodic intermediate evaluations
+    num_samples: int = field(default=500, metadata=bounds(ge=1))
+    sample_steps: int = field(default=8, metadata=bounds(ge=1))
+    sampler: str = field(default="euler", metadata=one_of(("euler", "heun"), what="sampler"))
+    cfg_scale: float = field(default=2.0, metadata=bounds(ge=0))
+    eval_every: int = field(default=0, metadata=bounds(ge=0))  # 0: no periodic intermediate evaluations
     eval_at: tuple[int, ...] = ()  # extra intermediate evaluation steps
-    metric: str = "fd-fmnist"  # or "fid" (Inception; needs inception_weights offline)
+    metric: str = field(default="fd-fmnist", metadata=one_of(("fd-fmnist", "fid"), what="metric"))  # fid: needs inception_weights
     inception_weights: str | None = None
     # data, latent space, conditioning
-    dataset: str = "fashion-mnist"
+    dataset: str = field(default="fashion-mnist", metadata=one_of(DATASETS, what="dataset"))
     data_path: str | None = None  # Fashion-MNIST IDX dir, ImageFolder root or latent shard dir
     class_map: str | None = None  # ImageFolder class-name map (JSON)
     reference_path: str | None = None  # latents: ImageFolder of real images for fid (None: decoded shard latents)
-    resolution: int = 32
+    resolution: int = field(default=32, metadata=bounds(ge=1))
     autoencoder: str | None = None  # diffusers AutoencoderKL path / hub id; None: the embedded small one
     ae: AEConfig = field(default_factory=AEConfig)
     classifier: ClassifierConfig = field(default_factory=ClassifierConfig)
@@ -91,36 +96,18 @@ class ProxyConfig:
     device: str = "auto"  # auto (CUDA, then MPS, then CPU) | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16 (+ grad scaler)
     compile: bool = False  # torch.compile the proxy model's training forward
-    threads: int = 1  # torch CPU threads during the run and the asset build (0: leave as is); 1 is robust on shared CPUs
+    threads: int = field(default=1, metadata=bounds(ge=0))  # torch CPU threads (0: leave as is); 1: robust
     progress: bool = True
 
     def validate(self) -> "ProxyConfig":
         def err(key, msg):
             return UserError(msg, key=key)
 
-        for k in ("batch_size", "num_samples", "sample_steps", "head_dim", "norm_groups", "grad_accum"):
-            if getattr(self, k) < 1:
-                raise err(k, f"must be >= 1, got {getattr(self, k)}")
+        check(self, file=None)
         if self.batch_size % self.grad_accum:
             raise err("grad_accum", f"batch_size {self.batch_size} is not divisible by it")
-        if self.grad_clip < 0:
-            raise err("grad_clip", f"must be >= 0 (0: off), got {self.grad_clip}")
         check_device(self.device, key="device")
         check_precision(self.precision, key="precision")
-        if self.steps < 0:
-            raise err("steps", f"must be >= 0, got {self.steps}")
-        if not (self.width_mult > 0 and self.depth_mult > 0):
-            raise err("width_mult", "width_mult and depth_mult must be > 0")
-        if not 0 <= self.p_uncond < 1:
-            raise err("p_uncond", f"must be in [0, 1), got {self.p_uncond}")
-        if not 0 <= self.ema_decay < 1:
-            raise err("ema_decay", f"must be in [0, 1), got {self.ema_decay}")
-        if self.sampler not in ("euler", "heun"):
-            raise err("sampler", f"unknown sampler {self.sampler!r}; allowed: euler, heun")
-        if self.dataset not in DATASETS:
-            raise err("dataset", f"unknown dataset {self.dataset!r}; allowed: {', '.join(DATASETS)}")
-        if self.metric not in ("fd-fmnist", "fid"):
-            raise err("metric", f"unknown metric {self.metric!r}; allowed: fd-fmnist, fid")
         if self.metric == "fd-fmnist" and self.dataset != "fashion-mnist":
             raise err("metric", "fd-fmnist is defined on Fashion-MNIST only; use metric: fid for other data")
         if self.dataset == "imagefolder" and not self.data_path:
@@ -135,6 +122,16 @@ class ProxyConfig:
             raise err("reference_path", "only the latents dataset takes reference_path (the other datasets' "
                                         "real images are their own reference)")
         return self
+
+    def check_latent_size(self, spec: ArchSpec, *, file: str | None = None, key: str = "proxy.resolution") -> None:
+        """The proxy's latents (the embedded autoencoder's) must divide by the UNet's downsampling factor."""
+        if self.autoencoder or self.dataset == "latents":
+            return  # the latent size is known once the autoencoder (or the shards) load
+        f, down = 2 ** (len(self.ae.block_out_channels) - 1), 2 ** (spec.num_stages - 1)
+        if self.resolution % (f * down):
+            raise UserError(f"{self.resolution} px gives {self.resolution / f:g}x{self.resolution / f:g} latents (f={f}), "
+                            f"which the UNet's {spec.num_stages} stages cannot downsample by {down}: use a resolution "
+                            f"divisible by {f * down}", file=file, key=key)
 
     def eval_steps(self) -> list[int]:
         """Sorted intermediate evaluation steps (the final step is always evaluated)."""

@@ -189,20 +189,19 @@ class ArchSpec:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, file: str | None = None, validate: bool = True) -> "ArchSpec":
+        from snapgen.config import structured
+
         if not isinstance(data, Mapping):
             raise UserError("an architecture spec must be a mapping", file=file)
         data = dict(data)
-        top = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(top) - set(STAGE_FIELDS))
+        top = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - top - set(STAGE_FIELDS))
         if unknown:
-            raise UserError(f"unknown key {unknown[0]!r}; allowed: {', '.join(sorted(set(top) | set(STAGE_FIELDS)))}",
+            raise UserError(f"unknown key {unknown[0]!r}; allowed: {', '.join(sorted(top | set(STAGE_FIELDS)))}",
                             file=file, key=unknown[0])
-        stages = expand_stage_fields(data, file=file)
-        kwargs = {}
-        for k, v in data.items():
-            if k in top and k != "stages":
-                kwargs[k] = _coerce(v, top[k].type, file=file, key=k)
-        spec = cls(stages=stages, **kwargs)
+        stages = tuple(structured(StageSpec, st, file=file, prefix=f"stages[{i}].")
+                       for i, st in enumerate(expand_stage_fields(data, file=file)))
+        spec = structured(cls, {**data, "stages": stages}, file=file)
         return spec.validate(file) if validate else spec
 
     @classmethod
@@ -223,10 +222,10 @@ class ArchSpec:
         return cls.from_dict(data, file=str(path))
 
 
-def expand_stage_fields(data: dict[str, Any], *, file: str | None = None) -> tuple[StageSpec, ...]:
-    """Build stages from a mapping where stage fields may be scalars (all stages) or lists
-    (one per stage). ``stages`` may also be given explicitly as a list of mappings.
-    Consumes the stage keys from ``data``."""
+def expand_stage_fields(data: dict[str, Any], *, file: str | None = None) -> list[dict[str, Any]]:
+    """The per-stage mappings of a spec mapping where stage fields may be scalars (all stages) or lists
+    (one per stage); ``stages`` may also be given explicitly as a list of mappings. Consumes the stage
+    keys from ``data``; the types are checked when the spec is built (:func:`snapgen.config.structured`)."""
     explicit = data.pop("stages", None)
     shared = {k: data.pop(k) for k in list(data) if k in STAGE_FIELDS}
     if explicit is None:
@@ -237,15 +236,10 @@ def expand_stage_fields(data: dict[str, Any], *, file: str | None = None) -> tup
     if not isinstance(explicit, (list, tuple)) or not explicit:
         raise UserError("must be a non-empty list of stage mappings", file=file, key="stages")
     n = len(explicit)
-    types = {f.name: f.type for f in fields(StageSpec)}
     stages = []
     for i, st in enumerate(explicit):
         if not isinstance(st, Mapping):
             raise UserError("each stage must be a mapping", file=file, key=f"stages[{i}]")
-        bad = sorted(set(st) - set(STAGE_FIELDS))
-        if bad:
-            raise UserError(f"unknown stage key {bad[0]!r}; allowed: {', '.join(STAGE_FIELDS)}", file=file,
-                            key=f"stages[{i}].{bad[0]}")
         kw = {}
         for k, v in shared.items():
             if isinstance(v, (list, tuple)):
@@ -253,47 +247,8 @@ def expand_stage_fields(data: dict[str, Any], *, file: str | None = None) -> tup
                     raise UserError(f"has {len(v)} values for {n} stages", file=file, key=k)
                 v = v[i]
             kw[k] = v
-        kw.update(st)
-        if "channels" not in kw:
-            raise UserError("missing key 'channels'", file=file, key=f"stages[{i}].channels")
-        kw = {k: _coerce(v, types[k], file=file, key=f"stages[{i}].{k}") for k, v in kw.items()}
-        stages.append(StageSpec(**kw))
-    return tuple(stages)
+        stages.append({**kw, **st})
+    return stages
 
 
-def _coerce(value: Any, typ: Any, *, file: str | None, key: str) -> Any:
-    """Exact type checks with the one lenient case YAML needs (int where a float is expected)."""
-    t = typ if isinstance(typ, str) else getattr(typ, "__name__", str(typ))
-    if t == "bool":
-        if isinstance(value, bool):
-            return value
-        raise UserError(f"must be true or false, got {value!r}", file=file, key=key)
-    if t == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise UserError(f"must be an integer, got {value!r}", file=file, key=key)
-        return value
-    if t == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise UserError(f"must be a number, got {value!r}", file=file, key=key)
-        return float(value)
-    if t == "str":
-        if not isinstance(value, str):
-            raise UserError(f"must be a string, got {value!r}", file=file, key=key)
-        return value
-    return value
-
-
-def load_yaml(path: str | Path) -> Any:
-    """Safe YAML load with one-line errors for a missing file or a syntax error."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError("file not found", file=str(path))
-    try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise UserError(f"YAML syntax error: {where}{problem}", file=str(path)) from None
+from snapgen.config import load_yaml  # noqa: E402,F401  (snapgen.spec.load_yaml: the one file reader)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from proxy_helpers import small_spec
 from snapgen.train import engine as engine_mod
@@ -310,10 +311,10 @@ def test_train_base_equals_the_proxy(small_proxy, fmnist_small, tmp_path):
     cfg = replace(small_proxy, steps=20)
     for seed in (0, 3):
         pr = run_proxy(small_spec(), cfg, seed=seed)
-        arch = json.dumps(small_spec().to_dict())
-        tc = load_config(None, [f"arch={arch}", *small_proxy_overrides(fmnist_small), "stage=base",
+        arch = yaml.safe_dump(small_spec().to_dict(), default_flow_style=True, width=10**9).strip()
+        tc = load_config(None, [f"++arch={arch}", *small_proxy_overrides(fmnist_small), "stage=base",
                                 f"train.steps={cfg.steps}", f"train.batch_size={cfg.batch_size}", f"train.lr={cfg.lr}",
-                                f"train.ema_decay={cfg.ema_decay}", f"train.seed={seed}", "train.progress=false",
+                                f"train.ema_decay={cfg.ema_decay}", f"seed={seed}", "train.progress=false",
                                 f"eval.num_samples={cfg.num_samples}", f"output_dir={tmp_path / str(seed)}"])
         res = train(tc)
         assert res["steps"] == pr.steps == cfg.steps

@@ -63,7 +63,7 @@ def test_invalid_architecture_is_pruned_with_reason(tiny_study, tmp_path, monkey
     p = tiny_study(n_trials=4)
     space = (tmp_path / "space.yaml").read_text().replace("[32, 64, 80]", "[32, 40]")  # 40 % head_dim 16 != 0
     (tmp_path / "space.yaml").write_text(space)
-    assert main(["run", str(p), "sampler.name=random", "sampler.options={}", "--no-progress"]) == 0
+    assert main(["run", str(p), "sampler.name=random", "~sampler.options", "--no-progress"]) == 0
     pruned = [t for t in _trials(tmp_path / "run") if "invalid architecture" in t.user_attrs.get("pruned_reason", "")]
     assert pruned and all(t.state == TrialState.PRUNED and t.user_attrs["invalid"] for t in pruned)
     assert sum(map(is_counted, _trials(tmp_path / "run"))) == 4  # invalid samples do not use up the budget
@@ -178,7 +178,7 @@ def test_every_sampler_runs(sampler, tiny_study, tmp_path, monkeypatch):
     from archsearch.study.schema import load_study
 
     monkeypatch.chdir(tmp_path)
-    study = load_study(tiny_study(n_trials=3), [f"sampler.name={sampler}", "sampler.options={}", "sampler.seed=1"])
+    study = load_study(tiny_study(n_trials=3), [f"sampler.name={sampler}", "~sampler.options", "sampler.seed=1"])
     run_study(study, progress=False, finish=False)
     trials = _trials(tmp_path / "run")
     assert sum(t.state == TrialState.COMPLETE and "duplicate_of" not in t.user_attrs for t in trials) + sum(

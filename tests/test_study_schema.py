@@ -79,5 +79,5 @@ def test_changed_objectives_refused(tiny_study, tmp_path, capsys, monkeypatch):
     p = tiny_study(n_trials=1)
     assert main(["run", str(p), "--no-progress"]) == 0
     with pytest.raises(SystemExit) as e:
-        main(["run", str(p), "objectives=[{name: params}]", "reference_point={}", "--no-progress"])
+        main(["run", str(p), "objectives=[{name: params}]", "~reference_point", "--no-progress"])
     assert e.value.code == 2 and "change name or output_dir" in capsys.readouterr().err

@@ -13,7 +13,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 # a tiny student (fast on 2 CPU cores): 2 stages, attention only in the low-resolution one
-TINY = ["arch={name: tiny, channels: [128, 256], layers: 1, transformer_depth: [0, 1], self_attention: [false, true],"
+TINY = ["++arch={name: tiny, channels: [128, 256], layers: 1, transformer_depth: [0, 1], self_attention: [false, true],"
         " conv: expanded_separable, ffn_ratio: 3.0, attention: mqa, head_dim: 64, norm_groups: 32, context_dim: 2048}",
         "arch.stages=null",  # drop the config's explicit 3-stage list: the 2-stage fields above replace it
         "proxy.width_mult=0.125", "proxy.depth_mult=1.0", "train.progress=false"]
@@ -61,7 +61,7 @@ CFG = ROOT / "configs" / "embedded-base.yaml"
 
 def test_unknown_key_is_one_line(tmp_path):
     r = snapgen("train", CFG, f"output_dir={tmp_path / 'o'}", "train.stepz=3")
-    one_line_error(r, "train.stepz", "allowed: train.steps")
+    one_line_error(r, "<command line>: train.stepz", "allowed: steps, batch_size")
     r = snapgen("train", CFG, f"output_dir={tmp_path / 'o'}", "stage=distill")
     one_line_error(r, "stage", "allowed: base, kd, step_distill, decoder")
     assert not (tmp_path / "o").exists()

@@ -35,7 +35,7 @@ def kd_runs(tmp_path_factory, fmnist_small, proxy_cache_root):
         for mode in ("none", "linear", "timestep_aware"):
             r = train(d / f"{mode}-{seed}", proxy_cache_root, *small_proxy(fmnist_small), *TEACHER, "stage=kd",
                       f"kd.mode={mode}",
-                      f"train.seed={seed}", f"train.steps={KD_STEPS}", "train.batch_size=32", "train.lr=3e-3")
+                      f"seed={seed}", f"train.steps={KD_STEPS}", "train.batch_size=32", "train.lr=3e-3")
             res.setdefault(mode, []).append(r["value"])
     return d, res
 

@@ -78,11 +78,11 @@ def resolved_quality(study, quality: Mapping[str, Any], *, file: str = CLI):
 
 
 def _synthetic_cfg(quality: Mapping[str, Any], *, file: str):
-    from snapgen.dataclass_config import dataclass_from_dict
+    from snapgen.config import structured
 
     from archsearch.study.schema import SyntheticCfg
 
-    cfg = dataclass_from_dict(SyntheticCfg, dict(quality), file=file, prefix="synthetic.")
+    cfg = structured(SyntheticCfg, dict(quality), file=file, prefix="synthetic.")
     if cfg.evals < 1:
         raise UserError(f"must be >= 1, got {cfg.evals}", file=file, key="synthetic.evals")
     return cfg

@@ -56,10 +56,10 @@ DECODER_PROXY_DEFAULTS: dict = {}
 
 
 def decoder_proxy_config(data, *, file: str | None = None, **defaults) -> DecoderProxyConfig:
-    from snapgen.dataclass_config import dataclass_from_dict
+    from snapgen.config import structured
 
     merged = {**defaults, **dict(data or {})}
-    cfg = dataclass_from_dict(DecoderProxyConfig, merged, file=file, prefix="proxy.")
+    cfg = structured(DecoderProxyConfig, merged, file=file, prefix="proxy.")
     try:
         return cfg.validate()
     except UserError as e:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Mapping
 
-from snapgen.dataclass_config import dataclass_from_dict
+from snapgen.config import structured
 from snapgen.errors import UserError
 
 
@@ -18,7 +18,7 @@ def proxy_config(data: Mapping[str, Any], *, file: str | None = None, **defaults
     from snapgen.proxy import ProxyConfig
 
     merged = {**defaults, **dict(data or {})}
-    cfg = dataclass_from_dict(ProxyConfig, merged, file=file, prefix="proxy.")
+    cfg = structured(ProxyConfig, merged, file=file, prefix="proxy.")
     try:
         return cfg.validate()
     except UserError as e:

@@ -236,7 +236,7 @@ def _diffusion(cfg: TrainConfig, dist: Dist, hooks: list) -> dict:
     teacher = resolve_teacher(cfg).to(dev) if need_teacher else None
     assets = prepare_assets(pc)
 
-    torch.manual_seed(cfg.train.seed)
+    torch.manual_seed(cfg.seed)
     net = build_backbone(cfg, assets, pc).to(dev)
     objective, student = OBJECTIVES[cfg.stage](cfg, net, teacher, assets, dist)
     ddp = None
@@ -245,7 +245,7 @@ def _diffusion(cfg: TrainConfig, dist: Dist, hooks: list) -> dict:
 
         ddp = DDP(student, device_ids=[dev.index] if dev.type == "cuda" else None)
     start = state["step"] if state is not None else 0
-    engine = flow_engine(student, assets, pc, seed=cfg.train.seed, device=dev, objective=objective,
+    engine = flow_engine(student, assets, pc, seed=cfg.seed, device=dev, objective=objective,
                          hooks=_run_hooks(cfg, dist, out, start, hooks), net=ddp, ema_of=net,
                          timesteps=getattr(objective, "timesteps", None), rank=dist.rank, world=dist.world,
                          reduce=(lambda x: dist.all_reduce(x) / dist.world) if dist.world > 1 else None,
@@ -273,7 +273,7 @@ def _diffusion(cfg: TrainConfig, dist: Dist, hooks: list) -> dict:
         final.save_pretrained(out / "model", safe_serialization=True)
         if cfg.eval.at_end:
             t1 = time.perf_counter()
-            seed = cfg.train.seed + 1 if cfg.eval.seed is None else cfg.eval.seed
+            seed = cfg.seed + 1 if cfg.eval.seed is None else cfg.eval.seed
             value, images, labels = evaluate(sampleable(final).eval(), assets, pc, seed=seed, device=dev)
             result.update(metric=pc.metric, value=value, sample_steps=pc.sample_steps, cfg_scale=pc.cfg_scale,
                           num_samples=pc.num_samples, eval_seed=seed, eval_seconds=time.perf_counter() - t1)
@@ -308,7 +308,7 @@ def _decoder(cfg: TrainConfig, dist: Dist, hooks: list) -> dict:
         raise UserError("the cached latents do not match the training images", key="proxy")
     dev, t = dist.device, cfg.train
     gf = gflops(build(cfg, codec), assets.latents[:1])  # a separate copy: fvcore traces in eval mode
-    torch.manual_seed(t.seed)
+    torch.manual_seed(cfg.seed)
     dec = build(cfg, codec).to(dev)
     disc = PatchDisc(codec.in_channels).to(dev)
     d = cfg.decoder
@@ -318,7 +318,7 @@ def _decoder(cfg: TrainConfig, dist: Dist, hooks: list) -> dict:
                                       adv_start=d.adv_start, disc_lr=d.disc_lr)
     codec.to(dev)
     batches = RandomBatches({"z": assets.latents, "images": train_images.images}, t.batch_size // t.grad_accum,
-                            seed=t.seed, device=dev, transform=lambda b, g: {"z": b["z"], "x": codec.prepare(b["images"])})
+                            seed=cfg.seed, device=dev, transform=lambda b, g: {"z": b["z"], "x": codec.prepare(b["images"])})
     # no EMA: the decoder is evaluated and saved as trained
     recipe = Recipe(steps=t.steps, lr=t.lr, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
                     grad_clip=t.grad_clip, accum=t.grad_accum)
