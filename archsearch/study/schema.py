@@ -109,7 +109,7 @@ class SyntheticCfg:
 class FidelityCfg:
     """When the run ends, re-evaluate its final front at a higher fidelity (archsearch/fidelity/in_study.py)."""
 
-    budget_mult: float = field(default=4.0, metadata=bounds(gt=0))  # x the proxy's steps (synthetic: evals)
+    budget_mult: float = field(default=4.0, metadata=bounds(ge=1))  # x the proxy's steps (synthetic: evals)
     seeds: int = field(default=2, metadata=bounds(ge=1))  # reference seeds: seed, seed+1, ...
     k: int = field(default=0, metadata=bounds(ge=0))  # extra non-front architectures, stratified by proxy quality
     overrides: Dict[str, Any] = field(default_factory=dict)  # keys of the proxy: (synthetic:) section
