@@ -29,7 +29,6 @@ TINY_UNET_SPACE = textwrap.dedent("""\
         conv: {choices: [regular, separable, expanded_separable]}
         ffn_ratio: {choices: [2, 3, 4]}
         attention: {choices: [mhsa, mqa], when: has_attention}
-      constraints: [heads_divide_channels]
     """)
 
 
