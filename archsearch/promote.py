@@ -5,7 +5,7 @@ Selection:
 * ``trial=N``: that trial (COMPLETE, with an architecture).
 * ``pick="knee"``: the knee of the Pareto front — the non-dominated trial closest (Euclidean) to the
   ideal point once each objective is min-max normalised over the front (directions respected).
-* ``pick="min|max METRIC [where METRIC OP NUMBER [and ...]]"``: e.g. ``min latency_ms where fid <= 60``,
+* ``pick="min|max METRIC [where METRIC OP NUMBER [and ...]]"``: e.g. ``min latency_ms where fd-fmnist <= 60``,
   over COMPLETE feasible trials; METRIC is an objective or any recorded metric of the trials.
 
 The config holds the trial's full-size ArchSpec, the study's proxy settings (the same data,
@@ -23,8 +23,8 @@ from snapgen.errors import UserError
 
 OPS = {"<=": lambda a, b: a <= b, "<": lambda a, b: a < b, ">=": lambda a, b: a >= b, ">": lambda a, b: a > b,
        "==": lambda a, b: a == b}
-_RULE = re.compile(r"^\s*(min|max)\s+([A-Za-z_][\w.]*)\s*(?:where\s+(.+))?$", re.I)
-_COND = re.compile(r"^\s*([A-Za-z_][\w.]*)\s*(<=|>=|==|<|>)\s*([-+0-9.eE]+)\s*$")
+_RULE = re.compile(r"^\s*(min|max)\s+([A-Za-z_][\w.-]*)\s*(?:where\s+(.+))?$", re.I)
+_COND = re.compile(r"^\s*([A-Za-z_][\w.-]*)\s*(<=|>=|==|<|>)\s*([-+0-9.eE]+)\s*$")
 
 
 def trial_metrics(run, t) -> dict:

@@ -69,9 +69,9 @@ def resolved_quality(study, quality: Mapping[str, Any], *, file: str = CLI):
     if metric == "synthetic":
         return _synthetic_cfg(quality, file=file)
     if metric == "psnr":
-        from archsearch.objectives.decoder_quality import DECODER_PROXY_DEFAULTS, decoder_proxy_config
+        from archsearch.objectives.decoder_quality import decoder_proxy_config
 
-        return decoder_proxy_config(quality, file=file, **DECODER_PROXY_DEFAULTS)
+        return decoder_proxy_config(quality, file=file)
     from archsearch.objectives.quality import proxy_config
 
     return proxy_config(quality, file=file)

@@ -128,7 +128,7 @@ class AblationCfg:
     base: Optional[str] = None  # base preset (one_at_a_time; cumulative starts from the first step)
     steps: List[AblationStepCfg] = MISSING
     seeds: List[int] = field(default_factory=lambda: [0, 1])
-    quality: str = "fid"  # fid (the proxy) or synthetic
+    quality: str = "fd-fmnist"  # a quality metric of archsearch.objectives.METRICS
     description: str = ""
     proxy: Dict[str, Any] = field(default_factory=dict)
     target: TargetCfg = field(default_factory=TargetCfg)
@@ -139,7 +139,7 @@ class AblationCfg:
 
 # ---- constraints ----------------------------------------------------------------------------------
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
-_CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+0-9.eE_]+)\s*$")
+_CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_-]*)\s*(<=|>=|<|>)\s*([-+0-9.eE_]+)\s*$")
 
 
 @dataclass(frozen=True)
@@ -446,8 +446,9 @@ def load_ablation(path: str | Path, overrides: list[str] | None = None):
     space = validate_common(cfg, f, path, METRICS)
     if cfg.mode not in ABLATION_MODES:
         raise UserError(f"unknown mode {cfg.mode!r}; allowed: {', '.join(ABLATION_MODES)}", file=f, key="mode")
-    if cfg.quality not in ("fid", "synthetic", "psnr"):
-        raise UserError(f"unknown quality metric {cfg.quality!r}; allowed: fid, synthetic, psnr", file=f,
+    quality = [n for n, m in METRICS.items() if m.kind == "quality"]
+    if cfg.quality not in quality:
+        raise UserError(f"unknown quality metric {cfg.quality!r}; allowed: {', '.join(quality)}", file=f,
                         key="quality")
     if len(cfg.seeds) < 1:
         raise UserError("at least one seed is required (2 or more for a spread)", file=f, key="seeds")
