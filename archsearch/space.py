@@ -346,8 +346,10 @@ class SearchSpace:
             return self._fits(arch, rest, proxy, seen)
         return any(self._fits(self.with_value(arch, d, i, v), rest, proxy, seen) for v in d.distribution(i).choices)
 
-    def suggest(self, trial: optuna.Trial | optuna.trial.FixedTrial, proxy: Callable | None = None) -> dict[str, Any]:
-        """Sample every active dimension, offering only the choices that fit (see the module doc);
+    def suggest(self, trial: optuna.Trial | optuna.trial.FixedTrial, proxy: Callable | None = None,
+                fit: bool = True) -> dict[str, Any]:
+        """Sample every active dimension, offering only the choices that fit (see the module doc; with
+        ``fit=False`` every choice, as ``archsearch space check`` measures the space itself);
         return the merged arch mapping (not yet validated)."""
         arch = self.base_dict()
         arch["name"] = f"{self.base}-trial{getattr(trial, 'number', 0)}"
@@ -357,7 +359,7 @@ class SearchSpace:
                 if not self._active(dim, arch, i):
                     continue
                 dist = dim.distribution(i)
-                if isinstance(dist, CategoricalDistribution):
+                if fit and isinstance(dist, CategoricalDistribution):
                     deps = self._dependents(k, dim, i)
                     ok = [v for v in dist.choices if self._fits(self.with_value(arch, dim, i, v), deps, proxy, seen)]
                     ok = ok or list(dist.choices)  # nothing fits: the build will say why

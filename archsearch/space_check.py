@@ -104,12 +104,13 @@ def _activation_points(space: SearchSpace, base: dict) -> dict[str, tuple[str, d
 
 
 def _random_archs(space: SearchSpace, n: int, seed: int):
-    """``n`` uniformly random arch mappings (Optuna's RandomSampler, as a study's first trials)."""
+    """``n`` uniformly random arch mappings over every listed choice (Optuna's RandomSampler; a study
+    offers only the choices that fit, see :mod:`archsearch.space`)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     for _ in range(n):
         t = study.ask()
-        yield space.suggest(t)
+        yield space.suggest(t, fit=False)
 
 
 def _compare(space, proxy, dim, stage, arch, values, rec) -> dict[str, list] | None:
