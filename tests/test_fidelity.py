@@ -38,10 +38,10 @@ assert "wide:" in PRESET_SPACE
 
 
 @pytest.fixture
-def run_copy(tiny_run, tmp_path):
-    """A private copy of the session's tiny run (its study file and space beside it)."""
+def run_copy(tiny_run_complete, tmp_path):
+    """A private copy of the session's tiny run without early stopping (its study file and space beside it)."""
     d = tmp_path / "exp"
-    shutil.copytree(tiny_run.parent, d)
+    shutil.copytree(tiny_run_complete.parent, d)
     return d / "run"
 
 

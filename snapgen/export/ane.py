@@ -154,7 +154,8 @@ class ANESpatialTransformer(nn.Module):
         self.shortcut, self.norm = st.shortcut, st.norm
         self.proj_in, self.proj_out = _conv1x1(st.proj_in), _conv1x1(st.proj_out)
         self.blocks = nn.ModuleList(ANETransformerBlock(b, hw) for b in st.blocks)
-        self.signature = dict(st.signature)
+        if hasattr(st, "signature"):  # built from a plan: the latency breakdown groups it by stage
+            self.signature = dict(st.signature)
 
     def forward(self, x, context=None, temb=None):
         if self.shortcut is not None:
