@@ -7,7 +7,6 @@ handles for both so attention matmuls are counted, and report them as their own 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from math import prod
 from typing import Any, Callable
@@ -138,11 +137,15 @@ def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _group(named: dict[str, int], stage_of: Callable[[str], str]) -> dict[str, int]:
-    out: dict[str, int] = defaultdict(int)
-    for name, v in named.items():
-        out[stage_of(name)] += v
-    return dict(out)
+def _per_stage(model: nn.Module, rep: FlopReport) -> dict[str, dict[str, float]]:
+    """Params and GFLOPs per stage label: the blocks of the model's plan (UNet, tiny decoder) or a
+    diffusers decoder's mid and up blocks, as :func:`archsearch.latency.models.stage_groups` groups them."""
+    from archsearch.latency.models import stage_groups
+
+    out = {label: {"params": sum(p.numel() for _, m in mods for p in m.parameters()),
+                   "gflops": sum(rep.by_module.get(n, 0) for n, _ in mods) / 1e9}
+           for label, mods in stage_groups(model).items()}
+    return dict(sorted(out.items()))
 
 
 def unet_inputs(spec, latent_size: int, context_len: int = 77, batch: int = 1) -> tuple:
@@ -178,13 +181,7 @@ def unet_cost(spec, latent_size: int = 128, context_len: int = 77) -> CostReport
     model = _fast_build(lambda: SnapGenUNet.from_spec(spec))
     rep = count_flops_at(model, lambda L: unet_inputs(spec, L, context_len), latent_size,
                          _small_sizes(spec.num_stages - 1))
-    top = {"conv_in", "conv_out", "norm_out", "time_embedding", "mid"}
-    leaf = {n: v for n, v in rep.by_module.items()
-            if n in top or (n.count(".") == 1 and n.split(".")[0] in ("down", "up"))}
-    flops_by_stage = _group(leaf, model.stage_of)
-    params_by_stage = _group({n: p.numel() for n, p in model.named_parameters()}, model.stage_of)
-    per_stage = {k: {"params": params_by_stage.get(k, 0), "gflops": flops_by_stage.get(k, 0) / 1e9}
-                 for k in sorted(set(flops_by_stage) | set(params_by_stage))}
+    per_stage = _per_stage(model, rep)
     return CostReport(name=spec.name, params=num_params(model), gflops=rep.total / 1e9,
                       gflops_attention=rep.attention / 1e9, latent_size=latent_size, per_stage=per_stage)
 
@@ -196,26 +193,7 @@ def decoder_cost(spec, latent_size: int = 128) -> CostReport:
     model = decode_path(_fast_build(lambda: build_decoder(spec)))  # an AutoencoderKL's encoder is not decoding
     rep = count_flops_at(model, lambda L: (torch.zeros(1, spec.latent_channels, L, L),), latent_size, (4, 8))
 
-    def stage_of(name: str) -> str:
-        parts = name.split(".")
-        if parts[0] == "stages":
-            return f"stage{parts[1]}"
-        if parts[0] == "decoder" and len(parts) > 1 and parts[1] in ("up_blocks", "mid_block"):
-            return f"{parts[1]}.{parts[2]}" if parts[1] == "up_blocks" else "mid_block"
-        return "io"
-
-    def is_top(name: str) -> bool:
-        parts = name.split(".")
-        if parts[0] == "stages":
-            return len(parts) == 2
-        if parts[0] == "decoder":
-            return (len(parts) == 3 and parts[1] == "up_blocks") or (len(parts) == 2 and parts[1] != "up_blocks")
-        return len(parts) == 1 and parts[0] not in ("", "decoder", "stages")
-
-    flops_by_stage = _group({n: v for n, v in rep.by_module.items() if n and is_top(n)}, stage_of)
-    params_by_stage = _group({n: p.numel() for n, p in model.named_parameters()}, stage_of)
-    per_stage = {k: {"params": params_by_stage.get(k, 0), "gflops": flops_by_stage.get(k, 0) / 1e9}
-                 for k in sorted(set(flops_by_stage) | set(params_by_stage))}
+    per_stage = _per_stage(model, rep)
     return CostReport(name=spec.name, params=num_params(model), gflops=rep.total / 1e9,
                       gflops_attention=rep.attention / 1e9, latent_size=latent_size, per_stage=per_stage,
                       kind="decoder")

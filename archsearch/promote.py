@@ -5,7 +5,7 @@ Selection:
 * ``trial=N``: that trial (COMPLETE, with an architecture).
 * ``pick="knee"``: the knee of the Pareto front — the non-dominated trial closest (Euclidean) to the
   ideal point once each objective is min-max normalised over the front (directions respected).
-* ``pick="min|max METRIC [where METRIC OP NUMBER [and ...]]"``: e.g. ``min latency_ms where fid <= 60``,
+* ``pick="min|max METRIC [where METRIC OP NUMBER [and ...]]"``: e.g. ``min latency_ms where fd-fmnist <= 60``,
   over COMPLETE feasible trials; METRIC is an objective or any recorded metric of the trials.
 
 The config holds the trial's full-size ArchSpec, the study's proxy settings (the same data,

@@ -11,13 +11,22 @@ A space file has ``kind`` (unet | decoder), ``presets`` (see :mod:`snapgen.prese
         conv_expansion: {choices: [1.5, 2, 3], when: {conv: expanded_separable}}
         transformer_depth: {per_stage: true, choices: [[0, 1], [0, 2], [2, 4, 6]]}
         attention: {per_stage: true, choices: [mhsa, mqa, gqa], when: has_attention}
+        kv_heads: {per_stage: true, choices: [2, 4], when: {attention: gqa}}
         ffn_ratio: {low: 2, high: 4, step: 1}
-      constraints: [heads_divide_channels]
+      constraints: [channels_non_decreasing]
 
 Dimensions are sampled in file order; ``when`` is either a derived fact (``has_attention``,
 ``has_self_attention``, per stage for per-stage dimensions) or a mapping ``field: value(s)``
 checked against what was sampled so far. Each dimension becomes one Optuna parameter, or one
 per stage (``stage{i}.{field}``) for per-stage dimensions.
+
+The space is conditional: a choice is offered only where the sample so far can take it and still be
+built, at full size and (in a study) at proxy size, within the constraints. Fields not sampled yet keep
+their base values, except those depending on the choice (the same per-stage field's later stages,
+fields whose ``when`` names it): one of their values must fit. So ``gqa`` comes only where a
+``kv_heads`` choice divides the heads at both sizes. Fewer fitting choices than listed: the parameter
+is named with them (``attention|mhsa/mqa``; Optuna wants one distribution per name); one: it is set.
+None (a user-written space): all are offered, and an unbuildable sample is :class:`InvalidArchitecture`.
 """
 from __future__ import annotations
 
@@ -28,6 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
+from snapgen.blocks.registry import FIELD_REGISTRY
 from snapgen.decoder import DecoderSpec
 from snapgen.errors import UserError
 from snapgen.presets import load_space_file, resolve_preset_dict
@@ -82,6 +92,18 @@ class Dimension:
             return IntDistribution(int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         return FloatDistribution(float(self.low), float(self.high), step=self.step, log=self.log)
 
+    def values(self, stage: int | None = None, points: int = 0) -> list | None:
+        """Every value (at ``stage``): the choices, an int range, a float range by its step; a
+        continuous range: ``points`` evenly spaced values, or None without ``points``."""
+        dist = self.distribution(stage)
+        if isinstance(dist, CategoricalDistribution):
+            return list(dist.choices)
+        if isinstance(dist, IntDistribution):
+            return list(range(dist.low, dist.high + 1, dist.step))
+        if dist.step is not None:
+            return [dist.low + j * dist.step for j in range(int(round((dist.high - dist.low) / dist.step)) + 1)]
+        return [dist.low + (dist.high - dist.low) * j / (points - 1) for j in range(points)] if points else None
+
 
 CONSTRAINTS: dict[str, Callable[[Any], str | None]] = {}
 
@@ -92,15 +114,6 @@ def constraint(name: str):
         return fn
 
     return deco
-
-
-@constraint("heads_divide_channels")
-def _heads_divide(spec) -> str | None:
-    if isinstance(spec, ArchSpec):
-        for i, s in enumerate(spec.stages):
-            if s.has_attention and s.channels % spec.head_dim:
-                return f"stages[{i}].channels={s.channels} not divisible by head_dim={spec.head_dim}"
-    return None
 
 
 @constraint("channels_non_decreasing")
@@ -119,6 +132,14 @@ def _decoder_channels(spec) -> str | None:
         if any(b > a for a, b in zip(ch, ch[1:])):
             return f"decoder channels {ch} grow with resolution"
     return None
+
+
+def at_proxy_size(spec, proxy: Callable | None):
+    """``proxy(spec)`` (None: nothing to check); InvalidArchitecture with the reason where it cannot be built."""
+    try:
+        return proxy(spec) if proxy is not None else True
+    except UserError as e:
+        raise InvalidArchitecture(f"at proxy size: {e.message}", key=e.key) from None
 
 
 @dataclass
@@ -203,6 +224,9 @@ class SearchSpace:
             flat = [x for c in (choices if isinstance(choices[0], tuple) else [choices]) for x in c]
             if not all(x is None or isinstance(x, (bool, int, float, str)) for x in flat):
                 raise UserError("choices must be scalars (bool, int, float, str)", file=f, key=f"{key}.choices")
+            if name in FIELD_REGISTRY:  # a registered block name: the registry says what is allowed
+                for x in flat:
+                    FIELD_REGISTRY[name].check(x, file=f, key=f"{key}.choices")
         else:
             if "low" not in d or "high" not in d:
                 raise UserError("a range needs both 'low' and 'high'", file=f, key=key)
@@ -283,26 +307,19 @@ class SearchSpace:
             return [(f"stage{i}.{dim.name}", i) for i in range(self.num_stages)]
         return [(dim.name, None)]
 
-    def suggest(self, trial: optuna.Trial | optuna.trial.FixedTrial) -> dict[str, Any]:
-        """Sample every active dimension; return the merged arch mapping (not yet validated)."""
-        arch = self.base_dict()
-        arch["name"] = f"{self.base}-trial{getattr(trial, 'number', 0)}"
-        n = self.num_stages
-        for dim in self.dimensions:
-            if dim.per_stage:
-                cur = arch.get(dim.name)
-                values = list(cur) if isinstance(cur, (list, tuple)) else [cur] * n
-                for pname, i in self.params_of(dim):
-                    if self._active(dim, arch, i):
-                        values[i] = _suggest(trial, pname, dim.distribution(i))
-                arch[dim.name] = values
-            elif self._active(dim, arch, None):
-                arch[dim.name] = _suggest(trial, dim.name, dim.distribution())
-        return arch
+    def with_value(self, arch: Mapping[str, Any], dim: Dimension, stage: int | None, value) -> dict[str, Any]:
+        a = dict(arch)
+        if stage is None:
+            a[dim.name] = value
+        else:
+            cur = a.get(dim.name)
+            a[dim.name] = list(cur) if isinstance(cur, (list, tuple)) else [cur] * self.num_stages
+            a[dim.name][stage] = value
+        return a
 
-    def sample(self, trial) -> Any:
-        """The spec a trial samples; :class:`InvalidArchitecture` (with its reason) if it can't be built."""
-        arch = self.suggest(trial)
+    def check(self, arch: Mapping[str, Any], proxy: Callable | None = None):
+        """The spec of a merged arch mapping, built and checked against the constraints and (given
+        ``proxy``, a function full spec -> proxy spec) at proxy size; InvalidArchitecture otherwise."""
         try:
             spec = self.build(arch)
         except UserError as e:
@@ -311,7 +328,60 @@ class SearchSpace:
             reason = CONSTRAINTS[c](spec)
             if reason:
                 raise InvalidArchitecture(f"violates {c}: {reason}", key="search.constraints")
-        return spec
+        return at_proxy_size(spec, proxy) and spec
+
+    def _dependents(self, k: int, dim: Dimension, stage: int | None) -> list[tuple[Dimension, int | None]]:
+        """The not-yet-sampled parameters whose values depend on parameter (dim, stage), dimension k."""
+        out = [(dim, i) for _, i in self.params_of(dim) if stage is not None and i > stage]
+        for d in self.dimensions[k + 1:]:
+            if isinstance(d.when, Mapping) and dim.name in d.when:
+                out += [(d, i) for _, i in self.params_of(d) if stage is None or i is None or i == stage]
+        return out
+
+    def _fits(self, arch: dict, deps: list, proxy, seen: dict) -> bool:
+        if not deps:
+            key = repr(sorted(arch.items()))
+            if key not in seen:
+                try:
+                    self.check(arch, proxy)
+                    seen[key] = True
+                except InvalidArchitecture:
+                    seen[key] = False
+            return seen[key]
+        (d, i), rest = deps[0], deps[1:]
+        if not self._active(d, arch, i) or not isinstance(d.distribution(i), CategoricalDistribution):
+            return self._fits(arch, rest, proxy, seen)
+        return any(self._fits(self.with_value(arch, d, i, v), rest, proxy, seen) for v in d.distribution(i).choices)
+
+    def suggest(self, trial: optuna.Trial | optuna.trial.FixedTrial, proxy: Callable | None = None,
+                fit: bool = True) -> dict[str, Any]:
+        """Sample every active dimension, offering only the choices that fit (see the module doc; with
+        ``fit=False`` every choice, as ``archsearch space check`` measures the space itself);
+        return the merged arch mapping (not yet validated)."""
+        arch = self.base_dict()
+        arch["name"] = f"{self.base}-trial{getattr(trial, 'number', 0)}"
+        seen: dict[str, bool] = {}
+        for k, dim in enumerate(self.dimensions):
+            for pname, i in self.params_of(dim):
+                if not self._active(dim, arch, i):
+                    continue
+                dist = dim.distribution(i)
+                if fit and isinstance(dist, CategoricalDistribution):
+                    deps = self._dependents(k, dim, i)
+                    ok = [v for v in dist.choices if self._fits(self.with_value(arch, dim, i, v), deps, proxy, seen)]
+                    ok = ok or list(dist.choices)  # nothing fits: the build will say why
+                    if len(ok) == 1:
+                        arch = self.with_value(arch, dim, i, ok[0])
+                        continue
+                    if len(ok) < len(dist.choices):
+                        pname, dist = f"{pname}|{'/'.join(map(str, ok))}", CategoricalDistribution(ok)
+                arch = self.with_value(arch, dim, i, _suggest(trial, pname, dist))
+        return arch
+
+    def sample(self, trial, proxy: Callable | None = None) -> Any:
+        """The spec a trial samples (``proxy``: see :meth:`check`); :class:`InvalidArchitecture` (with
+        its reason) if it can't be built."""
+        return self.check(self.suggest(trial, proxy), proxy)
 
     def sample_random(self, n: int, seed: int = 0, max_tries: int = 1000) -> list[Any]:
         """``n`` distinct valid architectures drawn at random (for held-out validation sets)."""
@@ -326,7 +396,7 @@ class SearchSpace:
                 study.tell(t, state=optuna.trial.TrialState.PRUNED)
                 continue
             study.tell(t, 0.0)
-            key = str(spec.to_dict() | {"name": ""})
+            key = spec.key()
             if key not in seen:
                 seen.add(key)
                 out.append(spec)
@@ -339,20 +409,8 @@ class SearchSpace:
         out: dict[str, list[Any]] = {}
         for dim in self.dimensions:
             for pname, i in self.params_of(dim):
-                dist = dim.distribution(i)
-                if isinstance(dist, CategoricalDistribution):
-                    out[pname] = list(dist.choices)
-                elif isinstance(dist, IntDistribution):
-                    out[pname] = list(range(dist.low, dist.high + 1, dist.step))
-                else:
-                    if dist.step is None:
-                        raise UserError("a grid needs a 'step' on every float range", file=str(self.path),
-                                        key=f"search.dimensions.{dim.name}")
-                    k = int(round((dist.high - dist.low) / dist.step))
-                    out[pname] = [dist.low + j * dist.step for j in range(k + 1)]
+                out[pname] = dim.values(i)
+                if out[pname] is None:
+                    raise UserError("a grid needs a 'step' on every float range", file=str(self.path),
+                                    key=f"search.dimensions.{dim.name}")
         return out
-
-
-def spec_from_trial_params(space: SearchSpace, params: Mapping[str, Any]):
-    """Rebuild the spec of a finished trial from its parameters (promotion, re-runs)."""
-    return space.sample(optuna.trial.FixedTrial(dict(params)))

@@ -23,17 +23,15 @@ space's ``when`` conditions keep most of those inactive, but this check cannot s
 from __future__ import annotations
 
 import copy
-import json
 import re
 from collections import Counter
 from typing import Any, Mapping
 
 import optuna
-from optuna.distributions import CategoricalDistribution, IntDistribution
 
 from snapgen.errors import UserError
 
-from archsearch.space import CONSTRAINTS, InvalidArchitecture, SearchSpace
+from archsearch.space import SearchSpace
 
 PROXY_CONTEXT_DIM = 384  # the proxy text encoder's width (all-MiniLM-L6-v2); any constant compares the same
 PROXY_CONTEXT_LEN = 8  # tokens of a class prompt through the proxy's text encoder ("a photo of a sneaker")
@@ -56,9 +54,7 @@ class Proxy:
         return proxy_spec(full, self.cfg, latent_channels=self.cfg.ae.latent_channels, context_dim=PROXY_CONTEXT_DIM)
 
     def key(self, full) -> str:
-        d = self.spec(full).to_dict()
-        d.pop("name", None)
-        return json.dumps(d, sort_keys=True)
+        return self.spec(full).key()
 
     def latent_size(self) -> int:
         return self.cfg.ae.resolution // 2 ** (len(self.cfg.ae.block_out_channels) - 1)
@@ -72,52 +68,20 @@ class Proxy:
 def proxy_config(kind: str, mapping: Mapping[str, Any], *, file: str | None = None):
     """The validated proxy config of a space kind from a ``proxy:`` mapping."""
     if kind == "decoder":
-        from archsearch.objectives.decoder_quality import DECODER_PROXY_DEFAULTS, decoder_proxy_config
+        from archsearch.objectives.decoder_quality import decoder_proxy_config
 
-        return decoder_proxy_config(mapping, file=file, **DECODER_PROXY_DEFAULTS)
+        return decoder_proxy_config(mapping, file=file)
     from archsearch.objectives.quality import proxy_config as unet_proxy_config
 
     return unet_proxy_config(mapping, file=file)
 
 
 def build(space: SearchSpace, arch: Mapping[str, Any]):
-    """The full-size spec of an arch mapping as a trial builds it (validation, then the space's
-    constraints: :meth:`SearchSpace.sample` after ``suggest``); InvalidArchitecture otherwise."""
-    try:
-        spec = space.build(arch)
-    except UserError as e:
-        raise InvalidArchitecture(e.message, key=e.key) from None
-    for c in space.constraints:
-        reason = CONSTRAINTS[c](spec)
-        if reason:
-            raise InvalidArchitecture(f"violates {c}: {reason}", key="search.constraints")
-    return spec
+    """The full-size spec of an arch mapping as a trial builds it (:meth:`SearchSpace.check`)."""
+    return space.check(arch)
 
 
 # ---- blind parameters -----------------------------------------------------------------------------
-def _values(dist) -> list:
-    if isinstance(dist, CategoricalDistribution):
-        return list(dist.choices)
-    if isinstance(dist, IntDistribution):
-        return list(range(dist.low, dist.high + 1, dist.step))
-    if dist.step is not None:
-        k = int(round((dist.high - dist.low) / dist.step))
-        return [dist.low + j * dist.step for j in range(k + 1)]
-    return [dist.low + (dist.high - dist.low) * j / 4 for j in range(5)]  # a continuous range: 5 points
-
-
-def _set(space: SearchSpace, arch: dict, field: str, stage: int | None, value) -> dict:
-    a = copy.deepcopy(arch)
-    if stage is None:
-        a[field] = value
-    else:
-        cur = a.get(field)
-        vals = list(cur) if isinstance(cur, (list, tuple)) else [cur] * space.num_stages
-        vals[stage] = value
-        a[field] = vals
-    return a
-
-
 def _activation_points(space: SearchSpace, base: dict) -> dict[str, tuple[str, dict]]:
     """Per conditional dimension inactive at the base: the base with its ``when`` mapping satisfied
     (first allowed value); used for that dimension only (the other fields may not fit it)."""
@@ -135,12 +99,13 @@ def _activation_points(space: SearchSpace, base: dict) -> dict[str, tuple[str, d
 
 
 def _random_archs(space: SearchSpace, n: int, seed: int):
-    """``n`` uniformly random arch mappings (Optuna's RandomSampler, as a study's first trials)."""
+    """``n`` uniformly random arch mappings over every listed choice (Optuna's RandomSampler; a study
+    offers only the choices that fit, see :mod:`archsearch.space`)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     for _ in range(n):
         t = study.ask()
-        yield space.suggest(t)
+        yield space.suggest(t, fit=False)
 
 
 def _compare(space, proxy, dim, stage, arch, values, rec) -> dict[str, list] | None:
@@ -148,7 +113,7 @@ def _compare(space, proxy, dim, stage, arch, values, rec) -> dict[str, list] | N
     groups: dict[str, list] = {}
     for v in values:
         try:
-            full = build(space, _set(space, arch, dim.name, stage, v))
+            full = build(space, space.with_value(arch, dim, stage, v))
         except UserError:
             rec["unbuildable"][f"{v!r} (full size)"] += 1
             continue
@@ -179,7 +144,7 @@ def blind_parameters(space: SearchSpace, proxy: Proxy, *, points: int = 4, seed:
     out = []
     for dim in space.dimensions:
         for pname, stage in space.params_of(dim):
-            values = _values(dim.distribution(stage))
+            values = dim.values(stage, points=5)
             rec = {"parameter": pname, "values": values, "points": 0, "blind_at": [], "inactive_at": 0,
                    "unbuildable": Counter(), "proxy_values": None}
             pts = common + ([activation[dim.name]] if dim.name in activation else [])
@@ -197,7 +162,7 @@ def blind_parameters(space: SearchSpace, proxy: Proxy, *, points: int = 4, seed:
                     if collapsed:
                         rec["blind_at"].append({"point": label, "same_proxy_model": collapsed})
                     if rec["proxy_values"] is None and dim.name in ("channels", "layers", "transformer_depth", "blocks"):
-                        rec["proxy_values"] = _proxy_field(space, proxy, arch, dim.name, stage, values)
+                        rec["proxy_values"] = _proxy_field(space, proxy, arch, dim, stage, values)
                 if rec["points"] or len(values) < 2:
                     break
                 nxt = next(extra, None)  # not tested yet: look further, one point at a time
@@ -210,12 +175,12 @@ def blind_parameters(space: SearchSpace, proxy: Proxy, *, points: int = 4, seed:
     return out
 
 
-def _proxy_field(space, proxy, arch, field, stage, values) -> dict:
+def _proxy_field(space, proxy, arch, dim, stage, values) -> dict:
     """What each value of a size field becomes in the proxy (for the report)."""
-    out = {}
+    out, field = {}, dim.name
     for v in values:
         try:
-            p = proxy.spec(build(space, _set(space, arch, field, stage, v)))
+            p = proxy.spec(build(space, space.with_value(arch, dim, stage, v)))
         except UserError:
             continue
         if proxy.kind == "decoder":

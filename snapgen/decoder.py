@@ -24,10 +24,11 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput
 from diffusers.models.modeling_utils import ModelMixin
 
-from snapgen.blocks import CONV, NORM, ResBlock, Upsample
 from snapgen.errors import UserError
+from snapgen.blocks.registry import FIELD_REGISTRY
 from snapgen.hub import DiffusersModel
-from snapgen.spec import CONV_TYPES, NORM_TYPES
+from snapgen.plan import build_into, decoder_plan
+from snapgen.spec import check_choices, spec_key
 
 
 @dataclass(frozen=True)
@@ -62,20 +63,18 @@ class DecoderSpec:
                 raise UserError(f"must be positive, got {c}", file=file, key=f"channels[{i}]")
             if b < 0:
                 raise UserError(f"must be >= 0, got {b}", file=file, key=f"blocks[{i}]")
-            if nm not in NORM_TYPES:
-                raise UserError(f"unknown norm {nm!r}; allowed: {', '.join(NORM_TYPES)}", file=file, key=f"norm[{i}]")
+            FIELD_REGISTRY["norm"].check(nm, file=file, key=f"norm[{i}]")
             if nm == "groupnorm" and c % self.norm_groups:
                 raise UserError(f"{c} is not divisible by norm_groups={self.norm_groups}", file=file, key=f"channels[{i}]")
-        if self.conv not in CONV_TYPES:
-            raise UserError(f"unknown conv type {self.conv!r}; allowed: {', '.join(CONV_TYPES)}", file=file, key="conv")
-        if self.norm_out not in NORM_TYPES:
-            raise UserError(f"unknown norm {self.norm_out!r}; allowed: {', '.join(NORM_TYPES)}", file=file, key="norm_out")
+        check_choices(self, ("conv", "norm_out"), file=file)
         if self.norm_out == "groupnorm" and self.channels[-1] % self.norm_groups:
             raise UserError(f"{self.channels[-1]} is not divisible by norm_groups={self.norm_groups}", file=file,
                             key="norm_out")
         if self.latent_channels <= 0 or self.out_channels <= 0:
             raise UserError("latent_channels and out_channels must be positive", file=file, key="latent_channels")
         return self
+
+    key = spec_key
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -112,20 +111,8 @@ class TinyDecoder(DiffusersModel, ModelMixin, ConfigMixin):
         # diffusers' VAE keys; block_out_channels high resolution first, as AutoencoderKL lists them
         self.register_to_config(latent_channels=spec.latent_channels, out_channels=spec.out_channels,
                                 block_out_channels=list(reversed(spec.channels)))
-        c = spec.channels
-        self.conv_in = nn.Conv2d(spec.latent_channels, c[0], 3, padding=1)
-        self.stages = nn.ModuleList()
-        for i, ch in enumerate(c):
-            stage = nn.Sequential()
-            if i > 0:  # the upsampling layer does the channel transition
-                stage.append(Upsample(c[i - 1], ch, conv=spec.conv))
-            for _ in range(spec.blocks[i]):
-                stage.append(ResBlock(ch, ch, temb_dim=0, conv=spec.conv, expansion=spec.conv_expansion,
-                                      norm=spec.norm[i], norm_groups=spec.norm_groups,
-                                      conv_shortcut=spec.conv_shortcut, eps=1e-6))
-            self.stages.append(stage)
-        self.norm_out = NORM.build(spec.norm_out, c[-1], spec.norm_groups, 1e-6)
-        self.conv_out = nn.Conv2d(c[-1], spec.out_channels, 3, padding=1)
+        self.plan = decoder_plan(spec)
+        build_into(self, self.plan, spec.norm_groups, 1e-6, leaf=nn.Sequential)
 
     @classmethod
     def from_spec(cls, spec: DecoderSpec) -> "TinyDecoder":
@@ -164,6 +151,8 @@ class AutoencoderKLSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"autoencoder_kl": dict(self.config)}
+
+    key = spec_key
 
 
 def build_autoencoder_kl(spec: AutoencoderKLSpec):

@@ -16,13 +16,12 @@ from typing import Any, Mapping
 
 import yaml
 
+import snapgen.blocks  # noqa: F401  (registers every block name)
+from snapgen.blocks.registry import FIELD_REGISTRY
 from snapgen.errors import UserError
 
-CONV_TYPES = ("regular", "separable", "expanded_separable")
-NORM_TYPES = ("groupnorm", "layernorm", "rmsnorm", "none")
-ATTENTION_TYPES = ("mhsa", "mqa", "gqa")
-QK_NORMS = ("none", "layernorm", "rmsnorm")
-POS_EMBEDS = ("none", "rope2d")
+
+TX = {"block": "transformer"}  # a stage option the SpatialTransformer takes as the keyword of the same name
 
 
 DEPTH_FLOOR = 2  # blocks of a stage a proxy keeps exactly before its depth multiplier applies
@@ -33,25 +32,27 @@ class StageSpec:
     """One resolution level of the UNet (the down stage and its mirrored up stage).
 
     Each of the ``layers`` down layers (``layers + 1`` up layers, as in SDXL) is
-    ``[residual block] + [transformer with transformer_depth blocks]``.
+    ``[residual block] + [transformer with transformer_depth blocks]``. Fields marked ``TX`` go to
+    :class:`snapgen.blocks.SpatialTransformer` unchanged (see :func:`snapgen.plan.unet_plan`).
     """
 
     channels: int
     layers: int = 2
     res_block: bool = True
     transformer_depth: int = 0
-    self_attention: bool = True
-    cross_attention: bool = True
+    self_attention: bool = field(default=True, metadata=TX)
+    cross_attention: bool = field(default=True, metadata=TX)
     conv: str = "regular"
     conv_expansion: float = 2.0
     norm: str = "groupnorm"
     conv_shortcut: bool = True
-    ffn_ratio: float = 4.0
-    ffn_gated: bool = True
-    attention: str = "mhsa"
-    kv_heads: int = 0  # only for gqa; mhsa uses all heads, mqa one
-    qk_norm: str = "none"
-    pos_embed: str = "none"
+    ffn_ratio: float = field(default=4.0, metadata=TX)
+    ffn_gated: bool = field(default=True, metadata=TX)
+    ffn_activation: str = field(default="gelu", metadata=TX)  # a name of snapgen.blocks.ACTIVATION
+    attention: str = field(default="mhsa", metadata=TX)
+    kv_heads: int = field(default=0, metadata=TX)  # only for gqa; mhsa uses all heads, mqa one
+    qk_norm: str = field(default="none", metadata=TX)
+    pos_embed: str = field(default="none", metadata=TX)
 
     @property
     def has_attention(self) -> bool:
@@ -59,13 +60,24 @@ class StageSpec:
 
 
 STAGE_FIELDS = tuple(f.name for f in fields(StageSpec))
-_STAGE_CHOICES = {
-    "conv": CONV_TYPES,
-    "norm": NORM_TYPES,
-    "attention": ATTENTION_TYPES,
-    "qk_norm": QK_NORMS,
-    "pos_embed": POS_EMBEDS,
-}
+TRANSFORMER_FIELDS = tuple(f.name for f in fields(StageSpec) if f.metadata.get("block") == "transformer")
+
+
+def spec_key(spec) -> str:
+    """The identity of an architecture (UNet or decoder spec): a hash of its fields, name excluded.
+    Cache keys, duplicate detection and tables all use it."""
+    from snapgen.cache import hash_config
+
+    d = spec.to_dict()
+    d.pop("name", None)
+    return hash_config({"kind": type(spec).__name__, "spec": d})[:16]
+
+
+def check_choices(obj, names, *, file: str | None, prefix: str = "") -> None:
+    """Every registry-backed field of ``obj`` among ``names`` holds a registered name."""
+    for name in names:
+        if name in FIELD_REGISTRY:
+            FIELD_REGISTRY[name].check(getattr(obj, name), file=file, key=prefix + name)
 
 
 @dataclass(frozen=True)
@@ -93,9 +105,6 @@ class ArchSpec:
     def time_embed_dim(self) -> int:
         return self.time_embed_mult * self.stages[0].channels
 
-    def heads(self, channels: int) -> int:
-        return channels // self.head_dim
-
     # ---- validation ------------------------------------------------------------------------
     def validate(self, file: str | None = None) -> "ArchSpec":
         """Check that the spec can be built; raise a one-line UserError naming the key."""
@@ -111,14 +120,10 @@ class ArchSpec:
         for name in ("context_dim", "pooled_dim"):
             if getattr(self, name) < 0:
                 raise err(name, f"must be >= 0, got {getattr(self, name)}")
-        for name in ("sampling_conv", "io_conv"):
-            if getattr(self, name) not in CONV_TYPES:
-                raise err(name, f"unknown conv type {getattr(self, name)!r}; allowed: {', '.join(CONV_TYPES)}")
+        check_choices(self, ("sampling_conv", "io_conv"), file=file)
         for i, s in enumerate(self.stages):
             k = f"stages[{i}]"
-            for fname, allowed in _STAGE_CHOICES.items():
-                if getattr(s, fname) not in allowed:
-                    raise err(f"{k}.{fname}", f"unknown value {getattr(s, fname)!r}; allowed: {', '.join(allowed)}")
+            check_choices(s, STAGE_FIELDS, file=file, prefix=f"{k}.")
             if s.channels <= 0:
                 raise err(f"{k}.channels", f"must be a positive integer, got {s.channels}")
             if s.layers < 1:
@@ -172,8 +177,7 @@ class ArchSpec:
         return replace(self, stages=stages, head_dim=head_dim, norm_groups=norm_groups,
                        name=name or self.name).validate()
 
-    def with_head_dim(self, head_dim: int) -> "ArchSpec":
-        return replace(self, head_dim=head_dim)
+    key = spec_key
 
     # ---- serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

@@ -29,7 +29,6 @@ TINY_UNET_SPACE = textwrap.dedent("""\
         conv: {choices: [regular, separable, expanded_separable]}
         ffn_ratio: {choices: [2, 3, 4]}
         attention: {choices: [mhsa, mqa], when: has_attention}
-      constraints: [heads_divide_channels]
     """)
 
 
@@ -75,6 +74,24 @@ def tiny_run(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("tiny_run")
     (d / "space.yaml").write_text(TINY_UNET_SPACE)
     (d / "study.yaml").write_text(tiny_study_text(name="tiny", n_trials=10))
+    cwd = os.getcwd()
+    os.chdir(d)
+    try:
+        assert main(["run", "study.yaml", "--no-progress"]) == 0
+    finally:
+        os.chdir(cwd)
+    return d / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_run_complete(tmp_path_factory) -> Path:
+    """The tiny study without early stopping (10 complete trials, whatever the synthetic values): its run."""
+    from archsearch.cli import main
+
+    d = tmp_path_factory.mktemp("tiny_run_complete")
+    (d / "space.yaml").write_text(TINY_UNET_SPACE)
+    (d / "study.yaml").write_text(tiny_study_text(name="tiny", n_trials=10).replace(
+        "early_stopping: {enabled: true, min_trials: 3}", "early_stopping: {enabled: false}"))
     cwd = os.getcwd()
     os.chdir(d)
     try:

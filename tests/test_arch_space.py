@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from archsearch.space import InvalidArchitecture, SearchSpace
-from snapgen.blocks import CONV, NORM, Attention
+from snapgen.blocks import Attention
+from snapgen.blocks.registry import FIELD_REGISTRY
+from snapgen.errors import UserError
 from snapgen.blocks.rope import apply_rope, rope_2d_tables
 from snapgen.presets import DEFAULT_DECODER_SPACE, DEFAULT_UNET_SPACE, load_preset
-from snapgen.spec import ArchSpec
+from snapgen.spec import STAGE_FIELDS, ArchSpec
 from snapgen.unet import SnapGenUNet
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -112,9 +114,23 @@ def test_every_dimension_value_builds_runs_and_traces(field, stage, value):
     _forward_backward_trace(tiny.validate())
 
 
-def test_registry_names_match_yaml_names():
-    assert set(CONV.names()) == {"regular", "separable", "expanded_separable"}
-    assert set(NORM.names()) == {"groupnorm", "layernorm", "rmsnorm", "none"}
+def test_registries_are_the_allowed_values():
+    """Validation reads the registries: every registered name of a field validates, others are
+    refused with the registry's list."""
+    base = load_preset(None, "f")
+    for field, reg in FIELD_REGISTRY.items():
+        if field in ("norm_out",):
+            continue  # a decoder field
+        for name in reg.names():
+            stages = tuple(dataclasses.replace(s, **{field: name}) for s in base.stages) if field in STAGE_FIELDS else None
+            spec = dataclasses.replace(base, **({"stages": stages} if stages else {field: name}))
+            if field == "attention" and name == "gqa":
+                spec = dataclasses.replace(spec, stages=tuple(dataclasses.replace(s, kv_heads=2) for s in spec.stages))
+            spec.validate()
+        bad = dataclasses.replace(base, stages=tuple(dataclasses.replace(s, **{field: "nope"}) for s in base.stages)) \
+            if field in STAGE_FIELDS else dataclasses.replace(base, **{field: "nope"})
+        with pytest.raises(UserError, match=f"unknown {reg.kind} 'nope'; allowed: {', '.join(reg.names())}$"):
+            bad.validate()
 
 
 def test_mqa_and_gqa_share_key_value_heads():
@@ -149,26 +165,51 @@ def test_save_and_load_pretrained_round_trip(tmp_path):
         assert n1 == n2 and torch.equal(p1, p2)
 
 
-def test_space_sampling_respects_conditionals():
-    space = SearchSpace.load(DEFAULT_UNET_SPACE)
+def _shipped_proxies():
+    """Each shipped study's space and the function it trains a sample's proxy with (through
+    snapgen.proxy.proxy_spec / the decoder's proxy: the quality metric's own)."""
+    from archsearch.objectives import METRICS
+    from archsearch.study.schema import load_study
+
+    for f in ("studies/unet.yaml", "studies/decoder.yaml"):
+        st = load_study(ROOT / f)
+        metric = METRICS[next(n for n in st.needed_metrics() if METRICS[n].kind == "quality")]
+        yield f, st.space, metric.proxy(metric.config(st.cfg, f, False))
+
+
+@pytest.mark.parametrize("f,space,proxy", list(_shipped_proxies()), ids=["unet", "decoder"])
+def test_shipped_spaces_never_sample_an_invalid_architecture(f, space, proxy):
+    """1000 random draws: each builds at full size and at proxy size (issue 13: 803 of 2000 did not)."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    seen_invalid = False
-    for _ in range(40):
+    kinds = set()
+    for _ in range(1000):
         trial = study.ask()
-        try:
-            spec = space.sample(trial)
-        except InvalidArchitecture as e:
-            seen_invalid = True
-            assert e.message
-            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            continue
-        p = trial.params
-        assert ("conv_expansion" in p) == (p["conv"] == "expanded_separable")
-        assert ("kv_heads" in p) == (p.get("attention") == "gqa")
-        if "pos_embed" in p:
-            assert any(s.has_attention and s.self_attention for s in spec.stages)
+        spec = space.sample(trial, proxy)  # raises InvalidArchitecture on an invalid one
+        proxy(spec.validate())
+        if space.kind == "unet":
+            kinds.add(spec.stages[-1].attention)
+            p = trial.params
+            assert ("conv_expansion" in p) == (p["conv"] == "expanded_separable")
+            if spec.stages[0].transformer_depth == 0:
+                assert spec.stages[0].res_block
+        else:
+            assert list(spec.channels) == sorted(spec.channels, reverse=True)  # the constraint, never violated
         study.tell(trial, 0.0)
-    assert seen_invalid  # e.g. a stage with neither residual blocks nor transformer blocks
+    assert space.kind == "decoder" or kinds == {"mhsa", "mqa", "gqa"}  # gqa is still offered where it fits
+
+
+def test_a_user_space_that_cannot_be_built_says_why(tmp_path):
+    text = GOOD.split("\nsearch:")[0] + """
+search:
+  base: snapgen-t2i
+  dimensions:
+    res_block: {per_stage: true, choices: [[false], [true], [true]]}
+    transformer_depth: {per_stage: true, choices: [[0], [1], [2]]}
+"""
+    space = SearchSpace.load(_space_with(tmp_path, text))
+    with pytest.raises(InvalidArchitecture, match="a stage without residual blocks needs transformer_depth >= 1"):
+        space.sample(optuna.trial.FixedTrial({}))
 
 
 def test_decoder_space_samples_valid_tiny_decoders():
@@ -195,7 +236,9 @@ GOOD = (ROOT / "search_spaces" / "unet.yaml").read_text()
 
 @pytest.mark.parametrize("mutate,expect", [
     (lambda s: s.replace("kind: unet", "kind: unet\n  bad: [", 1), "YAML syntax error"),
-    (lambda s: s.replace("conv: regular", "conv: dilated", 1), "unknown value 'dilated'; allowed: regular"),
+    (lambda s: s.replace("conv: regular", "conv: dilated", 1), "unknown conv 'dilated'; allowed: regular, separable"),
+    (lambda s: s.replace("[regular, separable, expanded_separable]}", "[regular, dilated]}", 1),
+     "search.dimensions.conv.choices: unknown conv 'dilated'; allowed: regular"),
     (lambda s: s.replace("channels: [256, 512, 896]", "channels: [256, 544, 896]", 1), "not divisible by head_dim"),
     (lambda s: s.replace("transformer_depth: [0, 2, 4]", "transformer_depth: [0, -2, 4]", 1), "must be >= 0"),
     (lambda s: s.replace("layers: 2", "layers: 2\n      layerz: 3", 1), "unknown key 'layerz'"),

@@ -38,10 +38,10 @@ assert "wide:" in PRESET_SPACE
 
 
 @pytest.fixture
-def run_copy(tiny_run, tmp_path):
-    """A private copy of the session's tiny run (its study file and space beside it)."""
+def run_copy(tiny_run_complete, tmp_path):
+    """A private copy of the session's tiny run without early stopping (its study file and space beside it)."""
     d = tmp_path / "exp"
-    shutil.copytree(tiny_run.parent, d)
+    shutil.copytree(tiny_run_complete.parent, d)
     return d / "run"
 
 
@@ -208,8 +208,8 @@ def test_fidelity_resumes_after_kill_9(run_copy):
 
 def _fid_study(tmp_path) -> Path:
     (tmp_path / "space.yaml").write_text(PRESET_SPACE)
-    text = tiny_study_text(name="tinyfid").replace("- {name: synthetic}", "- {name: fid}").replace(
-        "reference_point: {synthetic: 80,", "reference_point: {fid: 300,")
+    text = tiny_study_text(name="tinyfid").replace("- {name: synthetic}", "- {name: fd-fmnist}").replace(
+        "reference_point: {synthetic: 80,", "reference_point: {fd-fmnist: 300,")
     p = tmp_path / "fid.yaml"
     p.write_text(text)
     return p
@@ -300,7 +300,7 @@ def test_reference_settings_of_a_fid_study(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_the_adapter_trains_through_the_proxy(small_proxy, tmp_path, monkeypatch):
-    """One tiny proxy run through quality_value: the study's `fid` dispatch, at the reference's steps."""
+    """One tiny proxy run through quality_value: the study's `fd-fmnist` dispatch, at the reference's steps."""
     import dataclasses
 
     import yaml

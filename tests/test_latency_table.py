@@ -13,12 +13,12 @@ import torch
 
 from archsearch.cli import main
 from archsearch.latency import LatencyModel, TimingPolicy, get_backend
-from archsearch.latency.layout import blocks_of
 from archsearch.latency.table import LatencyTable, calibrate, validate
 from archsearch.latency.units import build_unit, enumerate_units, key_of, units_of
 from archsearch.space import SearchSpace
 from snapgen.decoder import DecoderSpec, TinyDecoder
 from snapgen.errors import UserError
+from snapgen.plan import plan
 from snapgen.presets import load_preset
 from snapgen.spec import ArchSpec
 from snapgen.unet import SnapGenUNet
@@ -52,7 +52,8 @@ def traced_blocks(model, inputs):
 
 
 def mirrored(spec, latent):
-    return [(b.sig, b.shape) for b in blocks_of(spec, latent) if b.sig["type"] in ("res", "transformer", "down", "up")]
+    return [(b.sig, (b.cin, b.size(latent), b.size(latent))) for b in plan(spec)
+            if b.kind in ("res", "transformer", "down", "up")]
 
 
 @pytest.mark.parametrize("name", ["a", "c", "e", "f"])

@@ -50,5 +50,13 @@ def test_promote_errors_are_one_line(tiny_run, capsys, args, msg):
 
 
 def test_parse_rule():
-    assert parse_rule("min latency_ms where fid <= 60 and params < 4e8") == (
-        "min", "latency_ms", [("fid", "<=", 60.0), ("params", "<", 4e8)])
+    assert parse_rule("min latency_ms where fd-fmnist <= 60 and params < 4e8") == (
+        "min", "latency_ms", [("fd-fmnist", "<=", 60.0), ("params", "<", 4e8)])
+    assert parse_rule("max fd-fmnist") == ("max", "fd-fmnist", [])
+
+
+def test_a_metric_name_with_a_dash_works_in_constraints():
+    from archsearch.study.schema import parse_constraint
+
+    c = parse_constraint("fd-fmnist <= 90", file="s.yaml", key="constraints[0]", metrics=["fd-fmnist", "params"])
+    assert (c.metric, str(c)) == ("fd-fmnist", "fd-fmnist <= 90") and c.violation(100.0) > 0 >= c.violation(80.0)

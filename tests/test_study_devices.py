@@ -95,7 +95,7 @@ def test_absent_device_fails_the_study_at_load_time(name, tmp_path, monkeypatch,
 OOM_STUDY = """\
 name: oom
 space: space.yaml
-objectives: [{name: fid}, {name: params}]
+objectives: [{name: fd-fmnist}, {name: params}]
 sampler: {name: random, seed: 0}
 n_trials: 4
 seed: 0

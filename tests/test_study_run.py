@@ -61,7 +61,14 @@ def test_rerun_continues_exactly(tiny_study, tmp_path, monkeypatch):
 def test_invalid_architecture_is_pruned_with_reason(tiny_study, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     p = tiny_study(n_trials=4)
-    space = (tmp_path / "space.yaml").read_text().replace("[32, 64, 80]", "[32, 40]")  # 40 % head_dim 16 != 0
+    # The space offers only choices that fit; one that never fits where stage 1 has a transformer
+    # (40 % head_dim 16 != 0) is still sampled there, and pruned with its reason.
+    space = (tmp_path / "space.yaml").read_text().replace(
+        "    channels: {per_stage: true, choices: [[16, 32, 48], [32, 64, 80]]}\n"
+        "    transformer_depth: {per_stage: true, choices: [[0, 1], [1, 2]]}\n",
+        "    transformer_depth: {per_stage: true, choices: [[0, 1], [0, 1]]}\n"
+        "    channels: {per_stage: true, choices: [[16, 32, 48], [40]]}\n")
+    assert "[40]" in space
     (tmp_path / "space.yaml").write_text(space)
     assert main(["run", str(p), "sampler.name=random", "~sampler.options", "--no-progress"]) == 0
     pruned = [t for t in _trials(tmp_path / "run") if "invalid architecture" in t.user_attrs.get("pruned_reason", "")]

@@ -1,4 +1,4 @@
-"""``archsearch promote RUN_DIR (--trial N | --pick knee | --pick 'min latency_ms where fid <= X') [-o FILE]``:
+"""``archsearch promote RUN_DIR (--trial N | --pick knee | --pick 'min latency_ms where fd-fmnist <= X') [-o FILE]``:
 write the ``snapgen train`` config (OmegaConf YAML) of a chosen trial, with its provenance."""
 from __future__ import annotations
 

@@ -25,6 +25,13 @@ CLI = "<command line>"
 RUNTIME_KEYS = ("progress",)  # settings that do not change a value: left out of the settings hash
 
 
+def _unet_proxy(metric: str) -> bool:
+    """A quality metric trained through the UNet proxy (fd-fmnist, fid: the registry's UNet-only ones)."""
+    from archsearch.objectives import METRICS
+
+    return METRICS[metric].kind == "quality" and METRICS[metric].spaces == ("unet",)
+
+
 def quality_metric(study) -> str:
     """The study's quality metric (``fid``, ``psnr`` or ``synthetic``), an objective or a constraint."""
     from archsearch.objectives import METRICS
@@ -69,9 +76,9 @@ def resolved_quality(study, quality: Mapping[str, Any], *, file: str = CLI):
     if metric == "synthetic":
         return _synthetic_cfg(quality, file=file)
     if metric == "psnr":
-        from archsearch.objectives.decoder_quality import DECODER_PROXY_DEFAULTS, decoder_proxy_config
+        from archsearch.objectives.decoder_quality import decoder_proxy_config
 
-        return decoder_proxy_config(quality, file=file, **DECODER_PROXY_DEFAULTS)
+        return decoder_proxy_config(quality, file=file)
     from archsearch.objectives.quality import proxy_config
 
     return proxy_config(quality, file=file)
@@ -106,7 +113,7 @@ class Side:
         r = self.resolved
         budget = f"{r['evals']} evals" if self.metric == "synthetic" else f"{r['steps']} steps"
         extra = ""
-        if self.metric == "fid":
+        if _unet_proxy(self.metric):
             extra = f", {r['num_samples']} samples, {r['resolution']} px"
         return f"{budget}{extra}, seeds {list(self.seeds)}"
 
@@ -141,10 +148,10 @@ def reference_side(study, seeds: Sequence[int], *, budget_mult: float, resolutio
             raise UserError("the synthetic metric has no resolution", file=CLI, key="--resolution")
     else:
         items += [f"steps={max(1, int(math.floor(base.resolved['steps'] * budget_mult + 0.5)))}", "eval_every=0"]
-        if metric == "fid":
+        if _unet_proxy(metric):
             items.append("eval_at=[]")
         if resolution is not None:
-            if metric == "fid":
+            if _unet_proxy(metric):
                 items.append(f"resolution={resolution}")
                 if not base.resolved.get("autoencoder"):
                     items.append(f"ae.resolution={resolution}")
@@ -164,7 +171,7 @@ def _check_resolution(side: Side, specs: Sequence, *, given: bool) -> None:
     """The reference resolution must be what the autoencoder and every architecture can take."""
     r = side.resolved
     key = "--resolution" if given else "resolution"
-    if side.metric == "fid":
+    if _unet_proxy(side.metric):
         res = int(r["resolution"])
         if r.get("dataset") == "latents" or r.get("autoencoder"):
             return  # an external autoencoder's factor is checked by the proxy when it loads it

@@ -44,7 +44,6 @@ def stratified(values, m: int, rng: np.random.Generator) -> list[int]:
 def from_run(run, study, quality: str, k: int, select_seed: int = 0) -> tuple[list[Candidate], dict]:
     """(candidates, note): the front plus a stratified sample of the rest, K in all when the run has
     that many distinct evaluated architectures."""
-    from archsearch.objectives.cost import spec_hash
     from archsearch.study.pareto import completed, pareto_trials
 
     front_numbers = {t.number for t in pareto_trials(run)}
@@ -57,7 +56,7 @@ def from_run(run, study, quality: str, k: int, select_seed: int = 0) -> tuple[li
         if quality not in metrics:
             continue
         spec = study.space.build(t.user_attrs["spec"], key=f"trials[{t.number}].spec")
-        h = spec_hash(spec)
+        h = spec.key()
         if h in seen:  # the same architecture twice: one point
             seen[h].run_front |= t.number in front_numbers
             continue
@@ -91,7 +90,6 @@ def from_presets(study, items: list[str]) -> list[Candidate]:
     """Presets of the study's space or spec files; one line naming the bad item otherwise."""
     from snapgen.decoder import DecoderSpec
 
-    from archsearch.objectives.cost import spec_hash
 
     space = study.space
     out, labels = [], set()
@@ -114,7 +112,7 @@ def from_presets(study, items: list[str]) -> list[Candidate]:
         if label in labels:
             raise UserError(f"{item!r} is listed twice", file=CLI, key="--presets")
         labels.add(label)
-        out.append(Candidate(label=label, spec=spec, spec_hash=spec_hash(spec)))
+        out.append(Candidate(label=label, spec=spec, spec_hash=spec.key()))
     if len(out) < 2:
         raise UserError(f"at least 2 architectures are needed for a rank correlation, got {len(out)}", file=CLI,
                         key="--presets")

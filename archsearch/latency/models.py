@@ -40,9 +40,9 @@ def build_module(spec) -> nn.Module:
 def stage_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Module]]]:
     """The top-level blocks of a model, grouped by stage label (for the per-stage breakdown).
 
-    UNet: every block carrying a ``signature`` plus conv_in/time_embedding/norm_out/conv_out,
-    labelled with ``SnapGenUNet.stage_of`` (down and up halves of a stage together). Tiny decoder:
-    its stages. diffusers AutoencoderKL decoder: mid block and each up block.
+    UNet and tiny decoder: every block of their :func:`snapgen.plan.plan` with a module, by its stage
+    label (down and up halves of a stage together). diffusers AutoencoderKL decoder: mid block and
+    each up block.
     """
     from snapgen.decoder import AutoencoderKLDecoder, TinyDecoder
     from snapgen.unet import SnapGenUNet
@@ -52,17 +52,11 @@ def stage_groups(model: nn.Module) -> dict[str, list[tuple[str, nn.Module]]]:
     def add(label: str, name: str, m: nn.Module):
         groups.setdefault(label, []).append((name, m))
 
-    if isinstance(model, SnapGenUNet):
-        for name, m in model.named_modules():
-            if hasattr(m, "signature") or name in ("conv_in", "time_embedding", "norm_out", "conv_out"):
-                add(model.stage_of(name), name, m)
-    elif isinstance(model, TinyDecoder):
-        for name, m in model.named_children():
-            if name == "stages":
-                for i, st in enumerate(m):
-                    add(f"stage{i}", f"stages.{i}", st)
-            else:
-                add("io", name, m)
+    if isinstance(model, (SnapGenUNet, TinyDecoder)):
+        for b in model.plan:
+            if b.path:
+                name = ".".join(map(str, b.path))
+                add(b.label(), name, model.get_submodule(name))
     elif isinstance(model, AutoencoderKLDecoder):
         dec = model.decoder
         add("io", "post_quant_conv", model.post_quant_conv)

@@ -37,10 +37,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from snapgen.blocks import (ATTENTION, CONV, NORM, POS_EMBED, QK_NORM, Attention, Downsample, FeedForward, ResBlock, SpatialTransformer,
+                            TimestepEmbedding, Upsample)
 from snapgen.blocks.rope import apply_rope
-
-from archsearch.latency.layout import Block, blocks_of, res_sig
-from snapgen.blocks import CONV, NORM, POS_EMBED, QK_NORM, Attention, Downsample, FeedForward, SpatialTransformer, TimestepEmbedding, Upsample
+from snapgen.plan import Block, plan
 
 Key = str  # canonical JSON of a unit dict
 UNSCALED = ("temb",)  # cost independent of the latent size
@@ -65,7 +65,7 @@ def unit_class(unit: dict[str, Any]) -> str:
 
 def _conv(conv: str, cin: int, cout: int, h: int, w: int, stride: int, expansion: float) -> dict:
     return dict(u="conv", conv=conv, cin=cin, cout=cout, h=h, w=w, stride=stride,
-                exp=float(expansion) if conv == "expanded_separable" else 0.0)
+                exp=float(expansion) if CONV.meta(conv).get("expansion") else 0.0)
 
 
 def _normact(norm: str, c: int, h: int, w: int, groups: int) -> dict:
@@ -76,9 +76,9 @@ def _kv(attention: str, kv_heads: int) -> int:
     return kv_heads if attention == "gqa" else 0
 
 
-def units_of_block(b: Block, *, groups: int, context_len: int) -> list[dict[str, Any]]:
-    s, (c, h, w) = b.sig, b.shape
-    t = s["type"]
+def units_of_block(s: dict[str, Any], h: int, *, groups: int, context_len: int) -> list[dict[str, Any]]:
+    """The units of a planned block's signature ``s`` at resolution ``h`` x ``h``."""
+    t, w = s["type"], h
     if t == "res":
         cin, cout = s["cin"], s["cout"]
         shortcut = "identity" if cin == cout else ("conv" if s["conv_shortcut"] else "none")
@@ -90,7 +90,7 @@ def units_of_block(b: Block, *, groups: int, context_len: int) -> list[dict[str,
         out = [dict(u="txio", norm=s["norm"], cin=s["in_channels"], c=ch, h=h, w=w, groups=groups if s["norm"] == "groupnorm" else 0)]
         per = []
         heads = ch // hd
-        kvn = {"mhsa": heads, "mqa": 1}.get(s["attention"], s["kv_heads"])
+        kvn = ATTENTION.build(s["attention"], heads, s["kv_heads"])
         att = dict(head_dim=hd, attention=s["attention"], kv_heads=_kv(s["attention"], s["kv_heads"]))
         qk = s["qk_norm"]
         if s["self_attention"]:
@@ -106,7 +106,8 @@ def units_of_block(b: Block, *, groups: int, context_len: int) -> list[dict[str,
             if qk != "none":
                 per += [dict(u="qknorm", kind=qk, heads=heads, n=h * w, head_dim=hd, fixed=False),
                         dict(u="qknorm", kind=qk, heads=kvn, n=context_len, head_dim=hd, fixed=True)]
-        per.append(dict(u="ffn", c=ch, h=h, w=w, ratio=float(s["ffn_ratio"]), gated=s["ffn_gated"]))
+        ffn = dict(u="ffn", c=ch, h=h, w=w, ratio=float(s["ffn_ratio"]), gated=s["ffn_gated"])
+        per.append(ffn if s["ffn_activation"] == "gelu" else dict(ffn, act=s["ffn_activation"]))
         return out + per * s["depth"]
     if t in ("conv_in", "conv_out"):
         return [_conv(s["conv"], s["cin"], s["cout"], h, w, 1, 2.0)]
@@ -124,9 +125,10 @@ def units_of_block(b: Block, *, groups: int, context_len: int) -> list[dict[str,
 
 
 def units_of(spec, latent_size: int, context_len: int = 77) -> list[tuple[Block, dict[str, Any]]]:
-    """(block, unit) pairs of an architecture: its predicted latency is the sum over units."""
-    groups = spec.norm_groups
-    return [(b, u) for b in blocks_of(spec, latent_size) for u in units_of_block(b, groups=groups, context_len=context_len)]
+    """(block, unit) pairs of an architecture's :func:`~snapgen.plan.plan`: its predicted latency is
+    the sum over units."""
+    return [(b, u) for b in plan(spec)
+            for u in units_of_block(b.sig, b.size(latent_size), groups=spec.norm_groups, context_len=context_len)]
 
 
 # ---- running one unit ----------------------------------------------------------------------------
@@ -140,8 +142,8 @@ class _NormAct(nn.Module):
 
 
 class _ResAdd(nn.Module):
-    """The glue of ``ResBlock.forward`` around its two convs (kept in step with it by hand: the
-    block has no hook point between the convs and the additions)."""
+    """The glue of ``ResBlock.forward`` around its two convs: its own ``add_temb`` / ``add_shortcut``,
+    on the time-embedding projection and shortcut alone."""
 
     def __init__(self, cin: int, cout: int, temb: int, shortcut: str):
         super().__init__()
@@ -150,9 +152,7 @@ class _ResAdd(nn.Module):
         self.residual = shortcut != "none"
 
     def forward(self, x, h, temb):
-        if self.temb_proj is not None:
-            h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
-        return h + self.shortcut(x) if self.residual else h
+        return ResBlock.add_shortcut(self, x, ResBlock.add_temb(self, h, temb))
 
 
 class _PreNorm(nn.Module):
@@ -252,7 +252,7 @@ def build_unit(unit: dict[str, Any], h: int, w: int, seed: int = 0) -> tuple[nn.
         a = Attention(c, unit["head_dim"], unit["ctx_dim"], unit["attention"], unit["kv_heads"], "none", "none")
         return _PreNorm(c, a, "ca"), (rnd(1, n, c), rnd(1, unit["ctx_len"], unit["ctx_dim"]))
     if u == "ffn":
-        return _PreNorm(c, FeedForward(c, unit["ratio"], unit["gated"]), "ffn"), (rnd(1, n, c),)
+        return _PreNorm(c, FeedForward(c, unit["ratio"], unit["gated"], unit.get("act", "gelu")), "ffn"), (rnd(1, n, c),)
     if u == "qknorm":  # one of the two QK-norm lines of Attention.forward
         x = rnd(1, unit["n"], unit["heads"], unit["head_dim"]).transpose(1, 2)
         return QK_NORM.build(unit["kind"], unit["head_dim"]), (x,)
@@ -272,32 +272,18 @@ def build_unit(unit: dict[str, Any], h: int, w: int, seed: int = 0) -> tuple[nn.
 # ---- enumerating the units a search space can produce -------------------------------------------
 def _values(space, name: str, stage: int | None, base_value) -> list:
     """Every value field ``name`` can take (at ``stage``) in ``space``: its choices and the base value."""
-    from optuna.distributions import CategoricalDistribution, IntDistribution
-
     from snapgen.errors import UserError
 
     out = [base_value]
     for dim in space.dimensions:
         if dim.name != name:
             continue
-        dist = dim.distribution(stage if dim.per_stage else None)
-        if isinstance(dist, CategoricalDistribution):
-            vals = list(dist.choices)
-        elif isinstance(dist, IntDistribution):
-            vals = list(range(dist.low, dist.high + 1, dist.step))
-        elif dist.step is not None:
-            k = int(round((dist.high - dist.low) / dist.step))
-            vals = [dist.low + j * dist.step for j in range(k + 1)]
-        else:
+        vals = dim.values(stage if dim.per_stage else None)
+        if vals is None:
             raise UserError("a lookup table needs discrete dimensions (choices, or low/high with a step)",
                             file=str(space.path), key=f"search.dimensions.{name}")
         out += vals
-    seen, uniq = set(), []
-    for v in out:
-        if (type(v), v) not in seen:
-            seen.add((type(v), v))
-            uniq.append(v)
-    return uniq
+    return list({(type(v), v): v for v in out}.values())
 
 
 def enumerate_units(space, latent_size: int, context_len: int = 77) -> list[dict[str, Any]]:
@@ -322,7 +308,7 @@ def _enumerate_unet(space, base, latent_size: int, context_len: int) -> list[dic
     n = base.num_stages
     top = lambda f: _values(space, f, None, getattr(base, f))  # noqa: E731
     sv = lambda f, i: _values(space, f, i, getattr(base.stages[i], f))  # noqa: E731
-    # 1. Block positions: run the layout over every structural combination (widths, layer
+    # 1. Block positions: run the plan over every structural combination (widths, layer
     #    counts, which stages have residual / transformer blocks); options are crossed in step 2.
     structural = []
     for i in range(n):
@@ -333,39 +319,38 @@ def _enumerate_unet(space, base, latent_size: int, context_len: int) -> list[dic
                 continue
             opts.append(dict(channels=ch, layers=layers, res_block=rb, transformer_depth=depth))
         structural.append(opts)
-    positions: dict[str, tuple[Block, set]] = {}
+    positions: dict[str, Block] = {}
     for combo in itertools.product(*structural, top("mid_block")):
         *stage_opts, mid = combo
         if len({o["layers"] for o in stage_opts}) > 1 and not any(d.name == "layers" and d.per_stage for d in space.dimensions):
             continue  # layers is one shared choice
         stages = tuple(replace(base.stages[i], **o) for i, o in enumerate(stage_opts))
         spec = replace(base, stages=stages, mid_block=mid)
-        for b in blocks_of(spec, latent_size):
-            k = json.dumps([b.sig, b.shape, b.stage], sort_keys=True)
-            positions.setdefault(k, (b, set()))
+        for b in plan(spec):
+            positions.setdefault(json.dumps([b.sig, b.size(latent_size), b.stage], sort_keys=True), b)
     # 2. Cross each position with the options its stage (or the global fields) can take.
     units = []
     groups_v, head_v, ctx_v = top("norm_groups"), top("head_dim"), top("context_dim")
-    for b, _ in positions.values():
-        s, i, t = b.sig, b.stage, b.sig["type"]
+    for b in positions.values():
+        s, i, t = b.sig, b.stage, b.kind
         variants: list[dict] = []
         if t == "res":
             for conv, exp, norm, sc in itertools.product(sv("conv", i), sv("conv_expansion", i), sv("norm", i),
                                                         sv("conv_shortcut", i)):
-                variants.append(res_sig(s["cin"], s["cout"], s["temb_dim"], conv, exp, norm, sc))
+                variants.append(dict(s, conv=conv, expansion=exp, norm=norm, conv_shortcut=sc))
         elif t == "transformer":
-            for (norm, sa, ca, ffn, gated, att, kv, qk, pos, hd, ctx) in itertools.product(
+            for (norm, sa, ca, ffn, gated, act, att, kv, qk, pos, hd, ctx) in itertools.product(
                     sv("norm", i), sv("self_attention", i), sv("cross_attention", i), sv("ffn_ratio", i),
-                    sv("ffn_gated", i), sv("attention", i), sv("kv_heads", i), sv("qk_norm", i), sv("pos_embed", i),
-                    head_v, ctx_v):
+                    sv("ffn_gated", i), sv("ffn_activation", i), sv("attention", i), sv("kv_heads", i),
+                    sv("qk_norm", i), sv("pos_embed", i), head_v, ctx_v):
                 ch = s["channels"]
                 if (sa or ca) and ch % hd:
                     continue
                 if att == "gqa" and (kv < 1 or (ch // hd) % kv):
                     continue
                 variants.append(dict(s, norm=norm, self_attention=sa, cross_attention=ca, ffn_ratio=ffn,
-                                     ffn_gated=gated, attention=att, kv_heads=kv, qk_norm=qk, pos_embed=pos,
-                                     head_dim=hd, context_dim=ctx if ca else 0, depth=1))
+                                     ffn_gated=gated, ffn_activation=act, attention=att, kv_heads=kv, qk_norm=qk,
+                                     pos_embed=pos, head_dim=hd, context_dim=ctx if ca else 0, depth=1))
         elif t in ("down", "up"):
             variants = [dict(s, conv=c) for c in top("sampling_conv")]
         elif t in ("conv_in", "conv_out"):
@@ -376,7 +361,7 @@ def _enumerate_unet(space, base, latent_size: int, context_len: int) -> list[dic
             variants = [s]
         for g in groups_v:
             for v in variants:
-                units += units_of_block(Block(v, b.shape, i, b.part), groups=g, context_len=context_len)
+                units += units_of_block(v, b.size(latent_size), groups=g, context_len=context_len)
     return _dedupe(units)
 
 

@@ -1,7 +1,7 @@
 """``params`` and ``gflops`` of the full-size architecture at the target resolution.
 
 fvcore tracing of a full-size model takes seconds, so results are cached on disk (under the
-snapgen cache) keyed by the spec (name excluded), the target size and the cost model's source.
+snapgen cache) keyed by the spec's ``key()`` (name excluded), the target size and the cost model's source.
 """
 from __future__ import annotations
 
@@ -21,15 +21,9 @@ def _cost_code_version() -> str:
     return hashlib.sha256(Path(c.__file__).read_bytes()).hexdigest()[:12]
 
 
-def spec_hash(spec) -> str:
-    d = spec.to_dict()
-    d.pop("name", None)
-    return hash_config({"kind": type(spec).__name__, "spec": d})[:16]
-
-
 def cost_metrics(spec, latent_size: int, context_len: int) -> dict:
-    """{params, gflops, gflops_attention} of ``spec`` at ``latent_size`` (cached per spec hash)."""
-    key = hash_config({"spec": spec_hash(spec), "latent": latent_size, "ctx": context_len,
+    """{params, gflops, gflops_attention} of ``spec`` at ``latent_size`` (cached per spec key)."""
+    key = hash_config({"spec": spec.key(), "latent": latent_size, "ctx": context_len,
                        "code": _cost_code_version()})[:20]
     path = cache_dir("cost") / f"{key}.json"
     if path.is_file():

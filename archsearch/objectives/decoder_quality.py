@@ -52,9 +52,6 @@ class DecoderProxyConfig:
         return self
 
 
-DECODER_PROXY_DEFAULTS: dict = {}
-
-
 def decoder_proxy_config(data, *, file: str | None = None, **defaults) -> DecoderProxyConfig:
     from snapgen.config import structured
 

@@ -1,4 +1,4 @@
-"""``fid``: the proxy quality of a UNet candidate, through :func:`snapgen.proxy.run_proxy`.
+"""``fd-fmnist`` / ``fid``: the proxy quality of a UNet candidate, through :func:`snapgen.proxy.run_proxy`.
 
 The study's ``proxy:`` mapping holds :class:`snapgen.proxy.ProxyConfig` fields (nested ``ae`` /
 ``classifier`` mappings included); it is checked against that dataclass, so a misspelt key is an
@@ -6,7 +6,7 @@ error naming the allowed ones.
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from snapgen.config import structured
 from snapgen.errors import UserError
@@ -28,10 +28,3 @@ def proxy_config(data: Mapping[str, Any], *, file: str | None = None, **defaults
 def validate_proxy_keys(data: Mapping[str, Any], *, file: str) -> None:
     if data:
         proxy_config(data, file=file)
-
-
-def proxy_quality(spec, cfg, *, seed: int, on_eval: Callable[[int, float], bool] | None = None):
-    """Run the proxy; returns the :class:`snapgen.proxy.ProxyResult`."""
-    from snapgen.proxy import run_proxy
-
-    return run_proxy(spec, cfg, seed=seed, on_eval=on_eval)

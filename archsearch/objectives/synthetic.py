@@ -37,9 +37,7 @@ class SyntheticResult:
 
 def synthetic_quality(spec, params: float, *, evals: int, seconds_per_eval: float, seed: int,
                       on_eval: Callable[[int, float], bool] | None = None) -> SyntheticResult:
-    d = spec.to_dict()
-    d.pop("name", None)
-    h = int(hashlib.sha256(f"{sorted(d.items())!r}|{seed}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    h = int(hashlib.sha256(f"{spec.key()}|{seed}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
     noise = 10.0 * (h - 0.5) * math.sqrt(NOISE_EVALS / evals)
     final = 40.0 / (1.0 + math.log10(max(params, 1.0) / 1e5)) + 5.0 + noise
     t0 = time.perf_counter()

@@ -60,7 +60,8 @@ def _read_results(path: Path) -> dict:
 
 
 def run_ablation(cfg, space, *, file: str, progress: bool = True) -> pd.DataFrame:
-    from archsearch.objectives.cost import cost_metrics, spec_hash
+    from archsearch.objectives import METRICS
+    from archsearch.objectives.cost import cost_metrics
     from archsearch.study.provenance import code_version, environment
 
     out = Path(cfg.output_dir)
@@ -76,19 +77,8 @@ def run_ablation(cfg, space, *, file: str, progress: bool = True) -> pd.DataFram
     specs = []
     for st, arch in steps:
         specs.append(space.build(arch, key=f"steps.{st.name}"))
-    quality_cfg = None
-    if cfg.quality in ("fid", "psnr"):
-        import os
-
-        if cfg.quality == "fid":
-            from archsearch.objectives.quality import proxy_config
-
-            quality_cfg = proxy_config(cfg.proxy, file=file, threads=os.cpu_count() or 1,
-                                       progress=sys.stderr.isatty())
-        else:
-            from archsearch.objectives.decoder_quality import DECODER_PROXY_DEFAULTS, decoder_proxy_config
-
-            quality_cfg = decoder_proxy_config(cfg.proxy, file=file, **DECODER_PROXY_DEFAULTS)
+    metric = METRICS[cfg.quality]
+    quality_cfg = metric.config(cfg, file, sys.stderr.isatty()) if metric.config else None
     latency = None
     if cfg.latency.mode != "none":
         from archsearch.objectives.latency import LatencyObjective
@@ -104,11 +94,11 @@ def run_ablation(cfg, space, *, file: str, progress: bool = True) -> pd.DataFram
             lat = latency.metrics(spec, space.kind, ["latency_ms"]) if latency else {}
             for seed in cfg.seeds:
                 k += 1
-                key = f"{st.name}|{seed}|{spec_hash(spec)}|{qcfg_hash}"
+                key = f"{st.name}|{seed}|{spec.key()}|{qcfg_hash}"
                 if key in done:
                     continue
                 t0 = time.time()
-                res = _quality(cfg, spec, quality_cfg, seed, cost["params"])
+                res = metric.run(spec, quality_cfg, cfg, seed=seed, params=cost["params"])
                 row = {"key": key, "step": st.name, "seed": seed, "quality": float(res.value),
                        "quality_metric": res.metric, "steps": int(res.steps), "seconds": time.time() - t0,
                        **cost, **lat, "spec": spec.to_dict(), "code_version": code_version()["describe"]}
@@ -126,27 +116,10 @@ def run_ablation(cfg, space, *, file: str, progress: bool = True) -> pd.DataFram
     return df
 
 
-def _quality(cfg, spec, quality_cfg, seed, params):
-    if cfg.quality == "fid":
-        from archsearch.objectives.quality import proxy_quality
-
-        return proxy_quality(spec, quality_cfg, seed=seed)
-    if cfg.quality == "psnr":
-        from archsearch.objectives.decoder_quality import decoder_quality
-
-        return decoder_quality(spec, quality_cfg, seed=seed)
-    from archsearch.objectives.synthetic import synthetic_quality
-
-    return synthetic_quality(spec, params, evals=cfg.synthetic.evals, seconds_per_eval=cfg.synthetic.seconds_per_eval,
-                             seed=seed)
-
-
 def summarise(cfg, steps, specs, done: dict, qcfg_hash: str) -> pd.DataFrame:
-    from archsearch.objectives.cost import spec_hash
-
     rows = []
     for (st, _), spec in zip(steps, specs):
-        rs = [done[f"{st.name}|{s}|{spec_hash(spec)}|{qcfg_hash}"] for s in cfg.seeds]
+        rs = [done[f"{st.name}|{s}|{spec.key()}|{qcfg_hash}"] for s in cfg.seeds]
         q = pd.Series([r["quality"] for r in rs])
         rows.append({"step": st.name, "description": st.description, "paper": getattr(st, "paper", ""),
                      "metric": rs[0]["quality_metric"], "quality_mean": q.mean(),

@@ -31,7 +31,7 @@ import torch
 from optuna.trial import TrialState
 
 from snapgen.errors import UserError
-from archsearch.space import InvalidArchitecture
+from archsearch.space import InvalidArchitecture, at_proxy_size
 from archsearch.study import provenance
 from archsearch.study.storage import (Heartbeat, budget_lock, fail_orphans, id_of, named_constraints, open_storage,
                                       report_intermediate, set_constraints, worker_identity)
@@ -94,35 +94,20 @@ class TrialRunner:
         self.kind = study.space.kind
         self.needed = study.needed_metrics()
         self.quality = next((m for m in self.needed if METRICS[m].kind == "quality"), None)
+        self.metric = METRICS.get(self.quality)
         self.out_dir = study.output_dir
         self._latency = None
-        self.proxy_cfg = None
-        if self.quality in ("fid", "psnr"):
-            from archsearch.objectives.quality import proxy_config
-
-            # Threads: the proxy's own default (1) unless the study sets proxy.threads; on a shared CPU
-            # one thread per worker process is robust (see docs/proxy.md), and workers use the cores.
-            defaults = {"progress": sys.stderr.isatty() and workers == 1}
-            if self.quality == "psnr":
-                from archsearch.objectives.decoder_quality import DECODER_PROXY_DEFAULTS
-
-                defaults.update(DECODER_PROXY_DEFAULTS)
-            self.proxy_cfg = self._proxy_config(defaults)
+        # Threads: the evaluation's own default (1) unless the study sets proxy.threads; on a shared CPU
+        # one thread per worker process is robust (see docs/proxy.md), and workers use the cores.
+        self.proxy_cfg = self.metric.config(self.cfg, str(study.file), sys.stderr.isatty() and workers == 1) \
+            if self.metric and self.metric.config else None
+        self.proxy_of = self.metric.proxy(self.proxy_cfg) if self.proxy_cfg and self.metric.proxy else None
         es = self.cfg.early_stopping
         self.stopper = None
         if es.enabled and self.quality and self.quality in study.objective_names:
             self.stopper = SuccessiveHalving(study.objective_names, study.directions, self.quality, eta=es.eta,
                                              min_trials=es.min_trials, constraints=study.constraints,
                                              reference=dict(self.cfg.reference_point))
-
-    def _proxy_config(self, defaults):
-        if self.quality == "psnr":
-            from archsearch.objectives.decoder_quality import decoder_proxy_config
-
-            return decoder_proxy_config(self.cfg.proxy, file=str(self.study.file), **defaults)
-        from archsearch.objectives.quality import proxy_config
-
-        return proxy_config(self.cfg.proxy, file=str(self.study.file), **defaults)
 
     @property
     def latency(self):
@@ -139,30 +124,13 @@ class TrialRunner:
         return cost_metrics(spec, self.cfg.target.latent_size, self.cfg.target.context_len)
 
     def run_quality(self, spec, metrics, on_eval):
-        if self.quality == "fid":
-            from archsearch.objectives.quality import proxy_quality
-
-            return proxy_quality(spec, self.proxy_cfg, seed=self.cfg.seed, on_eval=on_eval)
-        if self.quality == "psnr":
-            from archsearch.objectives.decoder_quality import decoder_quality
-
-            return decoder_quality(spec, self.proxy_cfg, seed=self.cfg.seed, on_eval=on_eval)
-        from archsearch.objectives.synthetic import synthetic_quality
-
-        sy = self.cfg.synthetic
-        return synthetic_quality(spec, metrics["params"], evals=sy.evals, seconds_per_eval=sy.seconds_per_eval,
-                                 seed=self.cfg.seed, on_eval=on_eval)
+        return self.metric.run(spec, self.proxy_cfg, self.cfg, seed=self.cfg.seed, params=metrics.get("params"),
+                               on_eval=on_eval)
 
     def check_proxy_size(self, spec) -> None:
-        """A full-size architecture whose proxy-scaled copy cannot be built (heads no longer divide the
-        narrower channels...) cannot be scored: it is invalid for this study, like an unbuildable one."""
-        if self.quality != "fid":
-            return
-        c = self.proxy_cfg
-        try:
-            spec.scaled(c.width_mult, c.depth_mult, head_dim=c.head_dim, norm_groups=c.norm_groups)
-        except UserError as e:
-            raise InvalidArchitecture(f"at proxy size (width_mult={c.width_mult}): {e.message}", key=e.key) from None
+        """A full-size architecture whose proxy cannot be built cannot be scored: invalid for this study.
+        (The space does not sample one; a spec given by hand is checked here.)"""
+        at_proxy_size(spec, self.proxy_of)
 
     # ---- one trial ---------------------------------------------------------------------------
     def record(self, trial, state, spec=None, **extra) -> None:
@@ -197,13 +165,10 @@ class TrialRunner:
 
     def run(self, trial: optuna.Trial) -> tuple[TrialState, list[float] | None, str]:
         """Evaluate and tell; returns (state, values, one-line summary)."""
-        from archsearch.objectives.cost import spec_hash
-
         timings = {}
         t_start = time.perf_counter()
         try:
-            spec = self.study.space.sample(trial)
-            self.check_proxy_size(spec)
+            spec = self.study.space.sample(trial, self.proxy_of)
         except InvalidArchitecture as e:
             reason = f"invalid architecture: {e.line()}"
             trial.set_user_attr("pruned_reason", reason)
@@ -211,7 +176,7 @@ class TrialRunner:
             self.ostudy.tell(trial, state=TrialState.PRUNED)
             self.record(trial, "PRUNED")
             return TrialState.PRUNED, None, reason
-        sh = spec_hash(spec)
+        sh = spec.key()
         trial.set_user_attr("spec", spec.to_dict())
         dup = self._evaluated_twin(trial, sh)
         if dup is not None:

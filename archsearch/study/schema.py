@@ -43,6 +43,12 @@ def _proxy_field():
 
 
 # ---- schema -------------------------------------------------------------------------------------
+def _quality_metrics() -> list[str]:
+    from archsearch.objectives import METRICS
+
+    return [n for n, m in METRICS.items() if m.kind == "quality"]
+
+
 @dataclass
 class ObjectiveCfg:
     name: str = MISSING
@@ -159,7 +165,7 @@ class AblationCfg:
     base: Optional[str] = None  # base preset (one_at_a_time; cumulative starts from the first step)
     steps: List[AblationStepCfg] = MISSING
     seeds: List[int] = field(default_factory=lambda: [0, 1])
-    quality: str = field(default="fid", metadata=one_of(("fid", "synthetic", "psnr"), what="quality metric"))
+    quality: str = field(default="fd-fmnist", metadata=one_of(lambda: quality_metrics(), what="quality metric"))
     description: str = ""
     proxy: Dict[str, Any] = _proxy_field()
     target: TargetCfg = field(default_factory=TargetCfg)
@@ -170,7 +176,7 @@ class AblationCfg:
 
 # ---- constraints ----------------------------------------------------------------------------------
 _OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt}
-_CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|<|>)\s*([-+0-9.eE_]+)\s*$")
+_CONSTRAINT_RE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_-]*)\s*(<=|>=|<|>)\s*([-+0-9.eE_]+)\s*$")
 
 
 @dataclass(frozen=True)

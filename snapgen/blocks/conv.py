@@ -1,4 +1,5 @@
-"""Convolution types of the search space: ``regular``, ``separable`` and ``expanded_separable``."""
+"""Convolution types of the search space: ``regular``, ``separable``, ``expanded_separable`` and
+``inverted_bottleneck``. A conv registered with ``expansion=True`` takes the stage's ``conv_expansion``."""
 from __future__ import annotations
 
 import torch.nn as nn
@@ -40,5 +41,22 @@ class ExpandedSeparableConv(nn.Sequential):
         )
 
 
+class InvertedBottleneckConv(nn.Sequential):
+    """MobileNetV2's inverted residual body: pointwise expansion to ``expansion * cout`` -> SiLU ->
+    depthwise k x k (the stride) -> SiLU -> pointwise projection to ``cout`` (no activation after it).
+    The expansion is relative to the output width, as for ``expanded_separable``."""
+
+    def __init__(self, cin: int, cout: int, kernel: int = 3, stride: int = 1, expansion: float = 2.0):
+        mid = max(1, int(round(cout * expansion)))
+        super().__init__(
+            nn.Conv2d(cin, mid, 1),
+            nn.SiLU(),
+            nn.Conv2d(mid, mid, kernel, stride=stride, padding=kernel // 2, groups=mid),
+            nn.SiLU(),
+            nn.Conv2d(mid, cout, 1),
+        )
+
+
 CONV.register("separable")(SeparableConv)
-CONV.register("expanded_separable")(ExpandedSeparableConv)
+CONV.register("expanded_separable", expansion=True)(ExpandedSeparableConv)
+CONV.register("inverted_bottleneck", expansion=True)(InvertedBottleneckConv)

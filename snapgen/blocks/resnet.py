@@ -30,14 +30,16 @@ class ResBlock(nn.Module):
             self.shortcut, self.residual = nn.Conv2d(cin, cout, 1), True
         else:
             self.shortcut, self.residual = None, False
-        self.signature = dict(type="res", cin=cin, cout=cout, temb_dim=temb_dim, conv=conv, expansion=expansion,
-                              norm=norm, conv_shortcut=conv_shortcut)
 
     def forward(self, x, context=None, temb=None):
-        h = self.conv1(F.silu(self.norm1(x)))
-        if self.temb_proj is not None and temb is not None:
-            h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
-        h = self.conv2(F.silu(self.norm2(h)))
+        h = self.add_temb(self.conv1(F.silu(self.norm1(x))), temb)
+        return self.add_shortcut(x, self.conv2(F.silu(self.norm2(h))))
+
+    # The glue around the two convs (the latency ``resadd`` unit times these two methods).
+    def add_temb(self, h, temb):
+        return h + self.temb_proj(F.silu(temb))[:, :, None, None] if self.temb_proj is not None and temb is not None else h
+
+    def add_shortcut(self, x, h):
         return h + self.shortcut(x) if self.residual else h
 
 
@@ -45,7 +47,6 @@ class Downsample(nn.Module):
     def __init__(self, cin: int, cout: int | None = None, conv: str = "regular"):
         super().__init__()
         self.conv = CONV.build(conv, cin, cout or cin, stride=2)
-        self.signature = dict(type="down", cin=cin, cout=cout or cin, conv=conv)
 
     def forward(self, x, context=None, temb=None):
         return self.conv(x)
@@ -57,7 +58,6 @@ class Upsample(nn.Module):
     def __init__(self, cin: int, cout: int | None = None, conv: str = "regular"):
         super().__init__()
         self.conv = CONV.build(conv, cin, cout or cin)
-        self.signature = dict(type="up", cin=cin, cout=cout or cin, conv=conv)
 
     def forward(self, x, context=None, temb=None):
         return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -1,4 +1,5 @@
-"""Transformer blocks: optional self-attention, optional cross-attention, gated-GELU FFN."""
+"""Transformer blocks: optional self-attention, optional cross-attention, a (gated) FFN whose
+activation is picked by name (``ffn_activation``: the ACTIVATION registry)."""
 from __future__ import annotations
 
 import torch
@@ -6,16 +7,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from snapgen.blocks.attention import Attention
-from snapgen.blocks.registry import NORM
+from snapgen.blocks.registry import ACTIVATION, NORM
+
+ACTIVATION.register("gelu")(lambda: F.gelu)
+ACTIVATION.register("silu")(lambda: F.silu)
 
 
 class FeedForward(nn.Module):
-    """``ratio`` x hidden width; gated (GEGLU, doubling the first projection) or plain GELU."""
+    """``ratio`` x hidden width; gated (GEGLU / SwiGLU, doubling the first projection) or plain."""
 
-    def __init__(self, dim: int, ratio: float = 4.0, gated: bool = True):
+    def __init__(self, dim: int, ratio: float = 4.0, gated: bool = True, activation: str = "gelu"):
         super().__init__()
         hidden = int(round(dim * ratio))
-        self.gated = gated
+        self.gated, self.act = gated, ACTIVATION.build(activation)
         self.proj_in = nn.Linear(dim, hidden * (2 if gated else 1))
         self.proj_out = nn.Linear(hidden, dim)
 
@@ -23,15 +27,16 @@ class FeedForward(nn.Module):
         h = self.proj_in(x)
         if self.gated:
             h, gate = h.chunk(2, dim=-1)
-            h = h * F.gelu(gate)
+            h = h * self.act(gate)
         else:
-            h = F.gelu(h)
+            h = self.act(h)
         return self.proj_out(h)
 
 
 class TransformerBlock(nn.Module):
     def __init__(self, dim: int, *, head_dim: int, context_dim: int, self_attention: bool, cross_attention: bool,
-                 ffn_ratio: float, ffn_gated: bool, attention: str, kv_heads: int, qk_norm: str, pos_embed: str):
+                 ffn_ratio: float, ffn_gated: bool, attention: str, kv_heads: int, qk_norm: str, pos_embed: str,
+                 ffn_activation: str = "gelu"):
         super().__init__()
         attn_kw = dict(head_dim=head_dim, kind=attention, kv_heads=kv_heads, qk_norm=qk_norm, pos_embed=pos_embed)
         self.norm1 = nn.LayerNorm(dim) if self_attention else None
@@ -39,7 +44,7 @@ class TransformerBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim) if cross_attention else None
         self.attn2 = Attention(dim, context_dim=context_dim, **attn_kw) if cross_attention else None
         self.norm3 = nn.LayerNorm(dim)
-        self.ff = FeedForward(dim, ffn_ratio, ffn_gated)
+        self.ff = FeedForward(dim, ffn_ratio, ffn_gated, ffn_activation)
 
     def forward(self, x, context=None, hw=None):
         if self.attn1 is not None:
@@ -63,9 +68,6 @@ class SpatialTransformer(nn.Module):
         self.proj_in = nn.Linear(channels, channels)
         self.blocks = nn.ModuleList(TransformerBlock(channels, **block_kw) for _ in range(depth))
         self.proj_out = nn.Linear(channels, channels)
-        self.signature = dict(type="transformer", in_channels=in_channels, channels=channels, depth=depth, norm=norm,
-                              **{k: v for k, v in block_kw.items() if k != "context_dim"},
-                              context_dim=block_kw["context_dim"] if block_kw.get("cross_attention") else 0)
 
     def forward(self, x, context=None, temb=None):
         if self.shortcut is not None:

@@ -25,7 +25,6 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from snapgen.blocks.attention import Attention
 from snapgen.blocks.rope import rope_2d_tables
@@ -116,16 +115,16 @@ class SplitEinsumAttention(nn.Module):
 class ConvFeedForward(nn.Module):
     def __init__(self, ff: FeedForward):
         super().__init__()
-        self.gated = ff.gated
+        self.gated, self.act = ff.gated, ff.act  # the FFN's own activation (ffn_activation)
         self.proj_in, self.proj_out = _conv1x1(ff.proj_in), _conv1x1(ff.proj_out)
 
     def forward(self, x):
         h = self.proj_in(x)
         if self.gated:
             h, gate = h.chunk(2, dim=1)
-            h = h * F.gelu(gate)
+            h = h * self.act(gate)
         else:
-            h = F.gelu(h)
+            h = self.act(h)
         return self.proj_out(h)
 
 
@@ -155,7 +154,8 @@ class ANESpatialTransformer(nn.Module):
         self.shortcut, self.norm = st.shortcut, st.norm
         self.proj_in, self.proj_out = _conv1x1(st.proj_in), _conv1x1(st.proj_out)
         self.blocks = nn.ModuleList(ANETransformerBlock(b, hw) for b in st.blocks)
-        self.signature = dict(st.signature)
+        if hasattr(st, "signature"):  # built from a plan: the latency breakdown groups it by stage
+            self.signature = dict(st.signature)
 
     def forward(self, x, context=None, temb=None):
         if self.shortcut is not None:
