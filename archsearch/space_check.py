@@ -33,7 +33,6 @@ from snapgen.errors import UserError
 
 from archsearch.space import SearchSpace
 
-PROXY_CONTEXT_DIM = 384  # the proxy text encoder's width (all-MiniLM-L6-v2); any constant compares the same
 PROXY_CONTEXT_LEN = 8  # tokens of a class prompt through the proxy's text encoder ("a photo of a sneaker")
 
 
@@ -49,7 +48,7 @@ class Proxy:
             from archsearch.objectives.decoder_quality import proxy_decoder_spec
 
             return proxy_decoder_spec(full, self.cfg, self.cfg.ae.latent_channels, full.out_channels)
-        from snapgen.proxy import proxy_spec
+        from snapgen.proxy import PROXY_CONTEXT_DIM, proxy_spec
 
         return proxy_spec(full, self.cfg, latent_channels=self.cfg.ae.latent_channels, context_dim=PROXY_CONTEXT_DIM)
 

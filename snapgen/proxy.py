@@ -44,6 +44,7 @@ from snapgen.train.engine import Engine, Evaluate, Progress, Recipe
 from snapgen.train.engine import StopTrial  # noqa: F401  (public here: snapgen.proxy.StopTrial)
 
 DATASETS = ("fashion-mnist", "imagefolder", "latents")
+PROXY_CONTEXT_DIM = 384  # the default text encoder's width (all-MiniLM-L6-v2): what specs are checked against before it loads
 
 
 @dataclass(frozen=True)

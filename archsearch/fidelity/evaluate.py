@@ -25,6 +25,12 @@ CLI = "<command line>"
 RUNTIME_KEYS = ("progress",)  # settings that do not change a value: left out of the settings hash
 
 
+def _metric(name: str):
+    from archsearch.objectives import METRICS
+
+    return METRICS[name]
+
+
 def _unet_proxy(metric: str) -> bool:
     """A quality metric trained through the UNet proxy (fd-fmnist, fid: the registry's UNet-only ones)."""
     from archsearch.objectives import METRICS
@@ -44,8 +50,11 @@ def quality_metric(study) -> str:
 
 
 def section_of(metric: str) -> str:
-    """The study section holding the metric's settings."""
-    return "synthetic" if metric == "synthetic" else "proxy"
+    """The study section holding the metric's settings: ``proxy:`` for a metric the registry can
+    configure from it, the synthetic stand-in's own ``synthetic:`` otherwise."""
+    from archsearch.objectives import METRICS
+
+    return "proxy" if METRICS[metric].config is not None else "synthetic"
 
 
 def _runner(study, seed: int, quality: Mapping[str, Any], workers: int = 1):
@@ -72,16 +81,14 @@ def quality_value(study, spec, seed: int, quality: Mapping[str, Any], *, workers
 
 def resolved_quality(study, quality: Mapping[str, Any], *, file: str = CLI):
     """The validated config object of a side: ProxyConfig, DecoderProxyConfig or SyntheticCfg."""
+    from types import SimpleNamespace
+
+    from archsearch.objectives import METRICS
+
     metric = quality_metric(study)
-    if metric == "synthetic":
+    if section_of(metric) == "synthetic":
         return _synthetic_cfg(quality, file=file)
-    if metric == "psnr":
-        from archsearch.objectives.decoder_quality import decoder_proxy_config
-
-        return decoder_proxy_config(quality, file=file)
-    from archsearch.objectives.quality import proxy_config
-
-    return proxy_config(quality, file=file)
+    return METRICS[metric].config(SimpleNamespace(proxy=dict(quality)), file, False)
 
 
 def _synthetic_cfg(quality: Mapping[str, Any], *, file: str):
@@ -189,7 +196,7 @@ def _check_resolution(side: Side, specs: Sequence, *, given: bool) -> None:
                 raise UserError(f"{res} px gives {res // f}x{res // f} latents, which {spec.name}'s "
                                 f"{len(spec.stages)} stages cannot halve {len(spec.stages) - 1} times; use a multiple "
                                 f"of {f * n} px", file=CLI, key=key)
-    elif side.metric == "psnr":
+    elif _metric(side.metric).kind == "quality" and _metric(side.metric).spaces == ("decoder",):
         ae = r["ae"]
         f = 2 ** (len(ae["block_out_channels"]) - 1)
         res = int(ae["resolution"])

@@ -58,8 +58,7 @@ def _unet_run(spec, qcfg, cfg, *, seed: int, params: float, on_eval=None):
 
 
 def _unet_proxy(qcfg) -> Callable:
-    from archsearch.proxy_scaling import PROXY_CONTEXT_DIM
-    from snapgen.proxy import proxy_spec
+    from snapgen.proxy import PROXY_CONTEXT_DIM, proxy_spec
 
     return lambda spec: proxy_spec(spec, qcfg, latent_channels=qcfg.ae.latent_channels, context_dim=PROXY_CONTEXT_DIM)
 

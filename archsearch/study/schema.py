@@ -165,7 +165,7 @@ class AblationCfg:
     base: Optional[str] = None  # base preset (one_at_a_time; cumulative starts from the first step)
     steps: List[AblationStepCfg] = MISSING
     seeds: List[int] = field(default_factory=lambda: [0, 1])
-    quality: str = field(default="fd-fmnist", metadata=one_of(lambda: quality_metrics(), what="quality metric"))
+    quality: str = field(default="fd-fmnist", metadata=one_of(_quality_metrics, what="quality metric"))
     description: str = ""
     proxy: Dict[str, Any] = _proxy_field()
     target: TargetCfg = field(default_factory=TargetCfg)
