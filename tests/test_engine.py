@@ -315,7 +315,7 @@ def test_train_base_equals_the_proxy(small_proxy, fmnist_small, tmp_path):
         tc = load_config(None, [f"++arch={arch}", *small_proxy_overrides(fmnist_small), "stage=base",
                                 f"train.steps={cfg.steps}", f"train.batch_size={cfg.batch_size}", f"train.lr={cfg.lr}",
                                 f"train.ema_decay={cfg.ema_decay}", f"seed={seed}", "train.progress=false",
-                                f"eval.num_samples={cfg.num_samples}", f"output_dir={tmp_path / str(seed)}"])
+                                f"output_dir={tmp_path / str(seed)}"])  # num_samples: the proxy section's
         res = train(tc)
         assert res["steps"] == pr.steps == cfg.steps
         assert abs(res["value"] - pr.value) <= 1e-6, (res["value"], pr.value)

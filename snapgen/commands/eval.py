@@ -30,7 +30,7 @@ def run(args):
     torch.set_num_threads(max(1, pc.threads))
     device = resolve_device(pc.device)
     assets = prepare_assets(pc)
-    run_seed = cfg.train.seed + 1 if cfg.eval.seed is None else cfg.eval.seed
+    run_seed = cfg.seed + 1 if cfg.eval.seed is None else cfg.eval.seed
     seed = run_seed if args.seed is None else args.seed
     value, _, _ = evaluate(sampleable(net.to(device)), assets, pc, seed=seed, device=device)
     res = {"run_dir": args.run_dir, "metric": pc.metric, "value": value, "sample_steps": pc.sample_steps,
