@@ -66,14 +66,13 @@ def tiny_study(tmp_path):
     return make
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> Path:
-    """A finished tiny study (synthetic quality, 10 trials): its run directory."""
+def run_tiny_study(d: Path, study_text: str) -> Path:
+    """Run the tiny space's study ``study_text`` in ``d`` (as a user would, from that directory): its run directory."""
     from archsearch.cli import main
 
-    d = tmp_path_factory.mktemp("tiny_run")
+    d.mkdir(parents=True, exist_ok=True)
     (d / "space.yaml").write_text(TINY_UNET_SPACE)
-    (d / "study.yaml").write_text(tiny_study_text(name="tiny", n_trials=10))
+    (d / "study.yaml").write_text(study_text)
     cwd = os.getcwd()
     os.chdir(d)
     try:
@@ -81,24 +80,20 @@ def tiny_run(tmp_path_factory) -> Path:
     finally:
         os.chdir(cwd)
     return d / "run"
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished tiny study (synthetic quality, 10 trials): its run directory."""
+    return run_tiny_study(tmp_path_factory.mktemp("tiny_run"), tiny_study_text(name="tiny", n_trials=10))
 
 
 @pytest.fixture(scope="session")
 def tiny_run_complete(tmp_path_factory) -> Path:
     """The tiny study without early stopping (10 complete trials, whatever the synthetic values): its run."""
-    from archsearch.cli import main
-
-    d = tmp_path_factory.mktemp("tiny_run_complete")
-    (d / "space.yaml").write_text(TINY_UNET_SPACE)
-    (d / "study.yaml").write_text(tiny_study_text(name="tiny", n_trials=10).replace(
-        "early_stopping: {enabled: true, min_trials: 3}", "early_stopping: {enabled: false}"))
-    cwd = os.getcwd()
-    os.chdir(d)
-    try:
-        assert main(["run", "study.yaml", "--no-progress"]) == 0
-    finally:
-        os.chdir(cwd)
-    return d / "run"
+    text = tiny_study_text(name="tiny", n_trials=10).replace("early_stopping: {enabled: true, min_trials: 3}",
+                                                              "early_stopping: {enabled: false}")
+    return run_tiny_study(tmp_path_factory.mktemp("tiny_run_complete"), text)
 
 
 # ---- the proxy pipeline at test size (snapgen.proxy; see tests/proxy_helpers.py) -----------------

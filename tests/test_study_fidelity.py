@@ -19,20 +19,11 @@ from archsearch.objectives.synthetic import synthetic_quality
 from archsearch.stats import noisy_front
 from archsearch.study.pareto import Run, completed, feasible, load_run, pareto_report, pareto_trials
 from archsearch.study.schema import load_study
-from conftest import TINY_UNET_SPACE, tiny_study_text
+from conftest import TINY_UNET_SPACE, run_tiny_study, tiny_study_text
 
 
 def _run_study(d: Path, extra: str, n_trials: int = 10) -> Path:
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "space.yaml").write_text(TINY_UNET_SPACE)
-    (d / "study.yaml").write_text(tiny_study_text(name="tiny", n_trials=n_trials, extra=extra))
-    cwd = os.getcwd()
-    os.chdir(d)
-    try:
-        assert main(["run", "study.yaml", "--no-progress"]) == 0
-    finally:
-        os.chdir(cwd)
-    return d / "run"
+    return run_tiny_study(d, tiny_study_text(name="tiny", n_trials=n_trials, extra=extra))
 
 
 @pytest.fixture(scope="module")
